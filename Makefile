@@ -1,0 +1,87 @@
+# Every target that needs Python sets up its own virtual environment first, so a fresh clone needs only
+# `make demo` (the main job) or `make test` (the test suite).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+ENV_FILE ?= $(if $(wildcard .env),.env,.env.example)
+PYTEST_ARGS ?=
+
+.PHONY: help setup setup-trainer setup-test system-deps preflight demo test test-fast lint format bench \
+        build train preflight-docker logs test-image host-check clean
+
+help:
+	@echo "make demo        set up and run tiny training on the CPU twice (shows the resume)"
+	@echo "make test        set up and run the test suite"
+	@echo "make preflight   print the preflight report for $(ENV_FILE) (no Docker, no torch needed)"
+	@echo "make lint        ruff, hadolint and compose checks"
+	@echo "make bench       benchmarks (see bench/README.md)"
+	@echo "make build / train / preflight-docker / logs / test-image / host-check: see README"
+
+$(VENV)/.stamp-base: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.stamp-trainer: $(VENV)/.stamp-base
+	$(PIP) install -e '.[trainer]'
+	touch $@
+
+$(VENV)/.stamp-test: $(VENV)/.stamp-trainer
+	$(PIP) install -e '.[trainer,test]'
+	touch $@
+
+setup: $(VENV)/.stamp-base
+setup-trainer: system-deps $(VENV)/.stamp-trainer
+setup-test: system-deps $(VENV)/.stamp-test
+
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+preflight: setup
+	$(VENV)/bin/preflight check --env-file $(ENV_FILE)
+
+demo: setup-trainer
+	$(PY) -m entrypoint.demo
+
+test: setup-test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup-test
+	$(PY) -m pytest -m "not slow and not container" $(PYTEST_ARGS)
+
+lint: setup-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint docker/Dockerfile
+	$(PY) -m entrypoint.compose_check compose.yaml compose.cpu.yaml
+
+format: setup-test
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup-test
+	$(PY) -m bench
+
+# --- container targets (Docker with the NVIDIA Container Toolkit) -----------------------------------------
+build:
+	docker compose build train
+
+train:
+	docker compose up train
+
+preflight-docker:
+	docker compose run --rm preflight
+
+logs:
+	docker compose logs -f train
+
+test-image: setup-test
+	$(PY) -m pytest -m container tests/container/test_full_image.py --run-full-image $(PYTEST_ARGS)
+
+host-check:
+	@bash scripts/host-check.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,46 @@
+"""Exit codes and the exceptions that map to them.
+
+Every expected failure is one of these: the CLI prints its one-line message and exits with its code,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INVALID_FILES = 1  # `preflight validate`: at least one file is not a valid checkpoint
+EXIT_CONFIG = 2  # a setting has a bad value, or the command line is wrong
+EXIT_CHECK_FAILED = 3  # a system or checkpoint check failed: training would not have worked
+EXIT_EXEC_FAILED = 4  # the trainer command could not be started (not found, not executable)
+EXIT_INTERRUPTED = 130  # Ctrl-C during the preflight itself
+
+
+class PreflightError(Exception):
+    """An expected failure with a one-line message and a documented exit code."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.message} -- {self.fix}" if self.fix else self.message
+
+
+class ConfigError(PreflightError):
+    """A setting or command-line value that is not allowed (exit 2)."""
+
+    exit_code = EXIT_CONFIG
+
+
+class CheckFailed(PreflightError):
+    """A check found that training cannot start safely (exit 3)."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+
+class ExecFailed(PreflightError):
+    """The trainer command could not be executed (exit 4)."""
+
+    exit_code = EXIT_EXEC_FAILED

@@ -1,0 +1,432 @@
+"""Every variable the project reads: its name, type, default, meaning and the error for a bad value.
+
+Values come from a `.env` file (python-dotenv) and the process environment, which wins, as Compose does.
+Everything else in the project receives a typed `Settings`, never `os.environ`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+from entrypoint.errors import ConfigError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+CHECKPOINT_SOURCE_NAMES = ("last", "numbered", "backups", "pretrained")
+MODEL_PRESETS = ("F5TTS_v1_Base", "F5TTS_Base", "E2TTS_Base", "tiny")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one environment variable is parsed and documented."""
+
+    name: str
+    kind: str  # int | float | bool | path | list | choice | str
+    default: str
+    help: str
+    group: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    optional: bool = False  # an empty value means "not set" (None)
+    pattern: str = ""  # for str: a regular expression the whole value must match
+    pattern_help: str = ""
+
+    def allowed(self) -> str:
+        """Plain words for what this variable accepts, used in error messages and the README."""
+        if self.kind == "int":
+            what = "a whole number"
+        elif self.kind == "float":
+            what = "a number"
+        elif self.kind == "bool":
+            what = "true or false (also 1/0, yes/no, on/off)"
+        elif self.kind == "path":
+            what = "a file system path"
+        elif self.kind == "list":
+            what = "a comma-separated list"
+            if self.choices:
+                what += " of " + ", ".join(self.choices)
+        elif self.kind == "choice":
+            what = "one of " + ", ".join(self.choices)
+        else:
+            what = self.pattern_help or "text"
+        if self.minimum is not None and self.maximum is not None:
+            what += f" from {_num(self.minimum)} to {_num(self.maximum)}"
+        elif self.minimum is not None:
+            what += f" >= {_num(self.minimum)}"
+        elif self.maximum is not None:
+            what += f" <= {_num(self.maximum)}"
+        if self.optional:
+            what += ", or empty for automatic"
+        return what
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _setting(kind: str, default: str, help: str, group: str, **options: Any) -> Any:
+    return field(metadata={"spec": (kind, default, help, group, options)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed settings. Field `foo_bar` is read from variable `FOO_BAR`."""
+
+    # --- locations -------------------------------------------------------------------------------------
+    output_dir: Path = _setting(
+        "path", "data/output", "Where checkpoints and the preflight report are written (read-write).", "paths"
+    )
+    backup_dir: Path = _setting(
+        "path", "data/backups", "Verified copies of model_last.pt (read-write, ideally another disk).", "paths"
+    )
+    dataset_dir: Path = _setting(
+        "path", "data/dataset", "Prepared dataset: raw.arrow, duration.json (and vocab.txt).", "paths"
+    )
+    pretrained_checkpoint: Path | None = _setting(
+        "path", "", "Pretrained checkpoint to fine-tune from (.pt or .safetensors); empty for none.",
+        "paths", optional=True,
+    )
+    log_dir: Path = _setting(
+        "path", "data/logs", "Log file (preflight.log, train.log) and tensorboard events.", "paths"
+    )
+    quarantine_dir: Path | None = _setting(
+        "path", "", "Folder (same file system) that receives bad checkpoints; empty: rename in place "
+        "to <name>.corrupted.", "paths", optional=True,
+    )
+    vocab_file: Path | None = _setting(
+        "path", "", "Vocabulary file; empty: <DATASET_DIR>/vocab.txt.", "model", optional=True
+    )
+
+    # --- CPUs and workers --------------------------------------------------------------------------------
+    dataloader_workers: int = _setting(
+        "int", "8", "DataLoader workers wanted per training process; clamped to the usable CPUs.", "cpu",
+        minimum=1, maximum=256,
+    )
+    cpu_reserve: int = _setting(
+        "int", "1", "CPUs kept free for the training process itself and the system.", "cpu",
+        minimum=0, maximum=256,
+    )
+    cpu_limit: float | None = _setting(
+        "float", "", "Override of the usable CPU count (wins over cgroups and affinity).", "cpu",
+        minimum=0.01, maximum=4096, optional=True,
+    )
+    torch_threads: int | None = _setting(
+        "int", "", "Threads for torch/OpenMP/MKL in each training process; empty: derived from CPUs.", "cpu",
+        minimum=1, maximum=4096, optional=True,
+    )
+
+    # --- checks --------------------------------------------------------------------------------------------
+    require_gpu: bool = _setting(
+        "bool", "false", "Fail (exit 3) when no NVIDIA GPU is visible.", "checks"
+    )
+    shm_per_worker_mb: int = _setting(
+        "int", "256", "Shared memory (/dev/shm) each DataLoader worker may need, in MB.", "checks",
+        minimum=0, maximum=1_000_000,
+    )
+    checkpoint_size_gb: float | None = _setting(
+        "float", "", "Expected size of one checkpoint for the disk check; empty: largest one present, "
+        "else from the model preset.", "checks", minimum=0, maximum=100_000, optional=True,
+    )
+    wait_timeout_s: float = _setting(
+        "float", "30", "How long to wait for a missing mount or a file that is still growing.", "checks",
+        minimum=0, maximum=86_400,
+    )
+
+    # --- checkpoints ------------------------------------------------------------------------------------
+    checkpoint_sources: tuple[str, ...] = _setting(
+        "list", "last,numbered,backups,pretrained", "Where to look for the checkpoint to load, in order.",
+        "checkpoints", choices=CHECKPOINT_SOURCE_NAMES,
+    )
+    allow_scratch: bool = _setting(
+        "bool", "false", "Start from random weights when no valid checkpoint exists (else exit 3).",
+        "checkpoints",
+    )
+    deep_verify: bool = _setting(
+        "bool", "true", "Check every CRC32 of the checkpoint that will be loaded.", "checkpoints"
+    )
+    load_verify: bool = _setting(
+        "bool", "false", "Also torch.load(weights_only=True, mmap=True) the chosen checkpoint (needs torch).",
+        "checkpoints",
+    )
+
+    # --- trainer -------------------------------------------------------------------------------------------
+    trainer_mode: str = _setting(
+        "choice", "safe", "safe: our crash-safe driver of F5-TTS's Trainer; stock: f5-tts_finetune-cli.",
+        "trainer", choices=("safe", "stock"),
+    )
+    trainer_command: str = _setting(
+        "str", "", "Command to exec instead of the built-in trainer (split like a shell would).", "trainer"
+    )
+    train_processes: int | None = _setting(
+        "int", "", "Training processes (one per GPU); empty: the number of visible GPUs, at least 1.",
+        "trainer", minimum=1, maximum=64, optional=True,
+    )
+    dataset_name: str = _setting(
+        "str", "my_dataset", "Dataset name (stock mode reads data/<name>_<tokenizer>).", "trainer",
+        pattern=r"[A-Za-z0-9_.-]+", pattern_help="letters, digits, '_', '.', '-'",
+    )
+    model_preset: str = _setting(
+        "choice", "F5TTS_v1_Base", "Model architecture, as F5-TTS's fine-tuning CLI defines it.", "model",
+        choices=MODEL_PRESETS,
+    )
+    tokenizer: str = _setting(
+        "choice", "custom", "Tokenizer: custom uses VOCAB_FILE as is.", "model",
+        choices=("pinyin", "char", "custom"),
+    )
+    learning_rate: float = _setting(
+        "float", "1e-5", "Peak learning rate.", "trainer", minimum=0, maximum=1
+    )
+    batch_size: int = _setting(
+        "int", "3200", "Batch size per GPU (frames or samples, see BATCH_SIZE_TYPE).", "trainer",
+        minimum=1, maximum=10_000_000,
+    )
+    batch_size_type: str = _setting(
+        "choice", "frame", "Unit of BATCH_SIZE.", "trainer", choices=("frame", "sample")
+    )
+    max_samples: int = _setting(
+        "int", "64", "Most samples in one frame-based batch.", "trainer", minimum=1, maximum=100_000
+    )
+    grad_accumulation_steps: int = _setting(
+        "int", "1", "Gradient accumulation steps.", "trainer", minimum=1, maximum=10_000
+    )
+    max_grad_norm: float = _setting(
+        "float", "1.0", "Gradient clipping norm.", "trainer", minimum=0, maximum=1e6
+    )
+    warmup_updates: int = _setting(
+        "int", "20000", "Learning-rate warm-up, in updates.", "trainer", minimum=0, maximum=100_000_000
+    )
+    epochs: int = _setting("int", "100", "Epochs to train.", "trainer", minimum=1, maximum=1_000_000)
+    max_updates: int = _setting(
+        "int", "0", "Stop after this many updates in total (0: no limit, run all epochs).", "trainer",
+        minimum=0, maximum=1_000_000_000,
+    )
+    save_every_updates: int = _setting(
+        "int", "50000", "Numbered checkpoint model_<update>.pt every N updates.", "trainer",
+        minimum=1, maximum=1_000_000_000,
+    )
+    last_every_updates: int = _setting(
+        "int", "5000", "model_last.pt every N updates.", "trainer", minimum=1, maximum=1_000_000_000
+    )
+    keep_checkpoints: int = _setting(
+        "int", "3", "Numbered checkpoints kept (-1: all, 0: none); the newest valid one is never removed.",
+        "trainer", minimum=-1, maximum=1_000_000,
+    )
+    backup_every_updates: int = _setting(
+        "int", "5000", "Verified backup of model_last.pt into BACKUP_DIR every N updates (0: never).",
+        "trainer", minimum=0, maximum=1_000_000_000,
+    )
+    backup_keep: int = _setting(
+        "int", "3", "Backups kept in BACKUP_DIR (newest first).", "trainer", minimum=1, maximum=1_000_000
+    )
+    mixed_precision: str = _setting(
+        "choice", "bf16", "Mixed precision on the GPU (the CPU always trains in fp32).", "trainer",
+        choices=("no", "fp16", "bf16"),
+    )
+    logger: str = _setting(
+        "choice", "tensorboard", "Training metrics logger (tensorboard writes into LOG_DIR).", "trainer",
+        choices=("none", "tensorboard", "wandb"),
+    )
+    seed: int = _setting("int", "666", "Random seed.", "trainer", minimum=0, maximum=2**32 - 1)
+
+    # --- Compose (read by compose.yaml; validated here so a typo is caught) ------------------------------
+    gpu_count: str = _setting(
+        "str", "all", "GPUs reserved by compose.yaml (ignored when GPU_DEVICE_IDS is set).", "compose",
+        pattern=r"all|[1-9][0-9]*", pattern_help="'all' or a whole number >= 1",
+    )
+    gpu_device_ids: tuple[str, ...] = _setting(
+        "list", "", "GPU ids or UUIDs for compose.yaml (instead of GPU_COUNT).", "compose"
+    )
+    shm_size: str = _setting(
+        "str", "8gb", "Shared memory of the container (compose shm_size).", "compose",
+        pattern=r"[0-9]+(\.[0-9]+)?\s*([bkmgBKMG]|[kmgKMG][bB])?",
+        pattern_help="a size such as 8gb, 512m or 2147483648",
+    )
+
+    def describe(self) -> dict[str, str]:
+        """The values as strings, for reports (every field is safe to show: secrets are not settings)."""
+        shown: dict[str, str] = {}
+        for spec in SPECS:
+            value = getattr(self, spec.name.lower())
+            if value is None:
+                shown[spec.name] = ""
+            elif isinstance(value, tuple):
+                shown[spec.name] = ",".join(value)
+            else:
+                shown[spec.name] = str(value)
+        return shown
+
+
+def _build_specs() -> tuple[Spec, ...]:
+    specs = []
+    for item in fields(Settings):
+        kind, default, help_text, group, options = item.metadata["spec"]
+        specs.append(Spec(item.name.upper(), kind, default, help_text, group, **options))
+    return tuple(specs)
+
+
+SPECS: tuple[Spec, ...] = _build_specs()
+SPEC_BY_NAME: dict[str, Spec] = {spec.name: spec for spec in SPECS}
+
+# Variables that are ours but are not settings: typo warnings must not fire on them.
+OTHER_KNOWN_NAMES = (
+    "ENV_FILE",
+    "PREFLIGHT_CHECKPOINT",
+    "PREFLIGHT_CHECKPOINT_KIND",
+    "PREFLIGHT_CHECKPOINT_UPDATE",
+    "PREFLIGHT_WORKERS",
+    "PREFLIGHT_TORCH_THREADS",
+    "PREFLIGHT_REPORT",
+    "PREFLIGHT_VERSION",
+    "WANDB_API_KEY",
+    "HF_TOKEN",
+)
+
+
+def parse_value(spec: Spec, raw: str, origin: str = "") -> Any:
+    """Parse one raw string into the spec's type, or raise ConfigError with a one-line message."""
+    text = raw.strip()
+
+    def bad() -> ConfigError:
+        where = f" (from {origin})" if origin else ""
+        return ConfigError(f"{spec.name}={raw!r}{where} is not allowed: expected {spec.allowed()}.")
+
+    if text == "" and (spec.optional or spec.kind in ("list", "str")):
+        return None if spec.optional else ((), "")[spec.kind == "str"]
+    if spec.kind == "int":
+        try:
+            value: Any = int(text, 10)
+        except ValueError:
+            raise bad() from None
+    elif spec.kind == "float":
+        try:
+            value = float(text)
+        except ValueError:
+            raise bad() from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise bad()
+    elif spec.kind == "bool":
+        lowered = text.lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise bad()
+    elif spec.kind == "path":
+        if not text or "\x00" in text:
+            raise bad()
+        return Path(os.path.abspath(os.path.expanduser(text)))
+    elif spec.kind == "list":
+        items = tuple(item.strip() for item in text.split(",") if item.strip())
+        if spec.choices and any(item not in spec.choices for item in items):
+            raise bad()
+        if spec.choices and len(set(items)) != len(items):
+            raise bad()
+        return items
+    elif spec.kind == "choice":
+        if text not in spec.choices:
+            raise bad()
+        return text
+    else:
+        if spec.pattern and not re.fullmatch(spec.pattern, text):
+            raise bad()
+        return text
+    if spec.minimum is not None and value < spec.minimum:
+        raise bad()
+    if spec.maximum is not None and value > spec.maximum:
+        raise bad()
+    return value
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    """Settings plus where they came from and what looked wrong without being fatal."""
+
+    settings: Settings
+    env_file: Path | None
+    origins: dict[str, str]  # variable name -> "default" | ".env" | "environment"
+    warnings: tuple[str, ...]
+    file_values: dict[str, str]  # every KEY=value the .env file held (secrets included, never printed)
+
+
+def resolve_env_file(cli_env_file: str | None, environ: Mapping[str, str]) -> tuple[Path | None, bool]:
+    """The .env to read and whether it was asked for explicitly (a missing explicit file is an error)."""
+    if cli_env_file:
+        return Path(cli_env_file), True
+    if environ.get("ENV_FILE"):
+        return Path(environ["ENV_FILE"]), True
+    default = Path(".env")
+    return (default if default.is_file() else None), False
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, cli_env_file: str | None = None
+) -> LoadedSettings:
+    """Read the .env file and the environment (which wins) into typed Settings."""
+    environ = os.environ if environ is None else environ
+    env_file, explicit = resolve_env_file(cli_env_file, environ)
+    file_values: dict[str, str] = {}
+    if env_file is not None:
+        if not env_file.is_file():
+            if explicit:
+                raise ConfigError(
+                    f"env file {str(env_file)!r} does not exist or is not a file",
+                    "pass an existing file with --env-file or ENV_FILE, or copy .env.example to .env",
+                )
+        else:
+            try:
+                raw_values = dotenv_values(env_file)
+            except (OSError, UnicodeDecodeError) as error:
+                raise ConfigError(f"cannot read env file {str(env_file)!r}: {error}") from None
+            file_values = {key: value or "" for key, value in raw_values.items()}
+
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for spec in SPECS:
+        if spec.name in environ:
+            raw, origin = environ[spec.name], "environment"
+        elif spec.name in file_values:
+            raw, origin = file_values[spec.name], str(env_file)
+        else:
+            raw, origin = spec.default, "default"
+        values[spec.name.lower()] = parse_value(spec, raw, "" if origin == "default" else origin)
+        origins[spec.name] = origin
+    settings = Settings(**values)
+    warnings = _typo_warnings(file_values, environ, env_file)
+    warnings += _consistency_warnings(settings)
+    return LoadedSettings(settings, env_file, origins, tuple(warnings), file_values)
+
+
+def _typo_warnings(
+    file_values: Mapping[str, str], environ: Mapping[str, str], env_file: Path | None
+) -> list[str]:
+    known = set(SPEC_BY_NAME) | set(OTHER_KNOWN_NAMES)
+    candidates = sorted(SPEC_BY_NAME)
+    warnings = []
+    seen: set[str] = set()
+    for source, keys in ((str(env_file), file_values.keys()), ("environment", environ.keys())):
+        for key in keys:
+            if key in known or key in seen:
+                continue
+            close = difflib.get_close_matches(key.upper(), candidates, n=1, cutoff=0.85)
+            if close:
+                seen.add(key)
+                warnings.append(
+                    f"{key} (in {source}) is not a setting of ours; did you mean {close[0]}? It is ignored."
+                )
+    return warnings
+
+
+def _consistency_warnings(settings: Settings) -> list[str]:
+    warnings = []
+    if settings.gpu_device_ids and settings.gpu_count != "all":
+        warnings.append("GPU_COUNT and GPU_DEVICE_IDS are both set: compose uses GPU_DEVICE_IDS only.")
+    return warnings

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# System packages the trainer and the tests need: FFmpeg's shared libraries (torchaudio reads audio through
+# torchcodec), and podman, runc and debootstrap for the real container tests. Installs only what is missing,
+# and only where apt-get can be used; elsewhere it says what to install.
+set -euo pipefail
+missing=()
+command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+command -v podman >/dev/null 2>&1 || missing+=(podman)
+command -v runc >/dev/null 2>&1 || missing+=(runc)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing system packages: ${missing[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+    echo "note: missing system packages: ${missing[*]} (install them with your package manager;" \
+         "tests that need them are skipped)" >&2
+fi
