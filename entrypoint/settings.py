@@ -86,21 +86,28 @@ class Settings:
         "path", "data/output", "Where checkpoints and the preflight report are written (read-write).", "paths"
     )
     backup_dir: Path = _setting(
-        "path", "data/backups", "Verified copies of model_last.pt (read-write, ideally another disk).", "paths"
+        "path", "data/backups", "Verified copies of model_last.pt (ideally another disk).", "paths"
     )
     dataset_dir: Path = _setting(
         "path", "data/dataset", "Prepared dataset: raw.arrow, duration.json (and vocab.txt).", "paths"
     )
     pretrained_checkpoint: Path | None = _setting(
-        "path", "", "Pretrained checkpoint to fine-tune from (.pt or .safetensors); empty for none.",
-        "paths", optional=True,
+        "path",
+        "",
+        "Pretrained checkpoint to fine-tune from (.pt or .safetensors); empty for none.",
+        "paths",
+        optional=True,
     )
     log_dir: Path = _setting(
-        "path", "data/logs", "Log file (preflight.log, train.log) and tensorboard events.", "paths"
+        "path", "data/logs", "training.log (preflight and trainer) and tensorboard events.", "paths"
     )
     quarantine_dir: Path | None = _setting(
-        "path", "", "Folder (same file system) that receives bad checkpoints; empty: rename in place "
-        "to <name>.corrupted.", "paths", optional=True,
+        "path",
+        "",
+        "Folder (same file system) that receives bad checkpoints; empty: rename in place "
+        "to <name>.corrupted.",
+        "paths",
+        optional=True,
     )
     vocab_file: Path | None = _setting(
         "path", "", "Vocabulary file; empty: <DATASET_DIR>/vocab.txt.", "model", optional=True
@@ -108,86 +115,143 @@ class Settings:
 
     # --- CPUs and workers --------------------------------------------------------------------------------
     dataloader_workers: int = _setting(
-        "int", "8", "DataLoader workers wanted per training process; clamped to the usable CPUs.", "cpu",
-        minimum=1, maximum=256,
+        "int",
+        "8",
+        "DataLoader workers wanted per training process; clamped to the usable CPUs.",
+        "cpu",
+        minimum=1,
+        maximum=256,
     )
     cpu_reserve: int = _setting(
-        "int", "1", "CPUs kept free for the training process itself and the system.", "cpu",
-        minimum=0, maximum=256,
+        "int",
+        "1",
+        "CPUs kept free for the training process itself and the system.",
+        "cpu",
+        minimum=0,
+        maximum=256,
     )
     cpu_limit: float | None = _setting(
-        "float", "", "Override of the usable CPU count (wins over cgroups and affinity).", "cpu",
-        minimum=0.01, maximum=4096, optional=True,
+        "float",
+        "",
+        "Override of the usable CPU count (wins over cgroups and affinity).",
+        "cpu",
+        minimum=0.01,
+        maximum=4096,
+        optional=True,
     )
     torch_threads: int | None = _setting(
-        "int", "", "Threads for torch/OpenMP/MKL in each training process; empty: derived from CPUs.", "cpu",
-        minimum=1, maximum=4096, optional=True,
+        "int",
+        "",
+        "Threads for torch/OpenMP/MKL in each training process; empty: derived from CPUs.",
+        "cpu",
+        minimum=1,
+        maximum=4096,
+        optional=True,
     )
 
     # --- checks --------------------------------------------------------------------------------------------
-    require_gpu: bool = _setting(
-        "bool", "false", "Fail (exit 3) when no NVIDIA GPU is visible.", "checks"
-    )
+    require_gpu: bool = _setting("bool", "false", "Fail (exit 3) when no NVIDIA GPU is visible.", "checks")
     shm_per_worker_mb: int = _setting(
-        "int", "256", "Shared memory (/dev/shm) each DataLoader worker may need, in MB.", "checks",
-        minimum=0, maximum=1_000_000,
+        "int",
+        "256",
+        "Shared memory (/dev/shm) each DataLoader worker may need, in MB.",
+        "checks",
+        minimum=0,
+        maximum=1_000_000,
     )
     checkpoint_size_gb: float | None = _setting(
-        "float", "", "Expected size of one checkpoint for the disk check; empty: largest one present, "
-        "else from the model preset.", "checks", minimum=0, maximum=100_000, optional=True,
+        "float",
+        "",
+        "Expected size of one checkpoint for the disk check; empty: largest one present, "
+        "else from the model preset.",
+        "checks",
+        minimum=0,
+        maximum=100_000,
+        optional=True,
     )
     wait_timeout_s: float = _setting(
-        "float", "30", "How long to wait for a missing mount or a file that is still growing.", "checks",
-        minimum=0, maximum=86_400,
+        "float",
+        "30",
+        "How long to wait for a missing mount or a file that is still growing.",
+        "checks",
+        minimum=0,
+        maximum=86_400,
     )
 
     # --- checkpoints ------------------------------------------------------------------------------------
     checkpoint_sources: tuple[str, ...] = _setting(
-        "list", "last,numbered,backups,pretrained", "Where to look for the checkpoint to load, in order.",
-        "checkpoints", choices=CHECKPOINT_SOURCE_NAMES,
+        "list",
+        "last,numbered,backups,pretrained",
+        "Where to look for the checkpoint to load, in order.",
+        "checkpoints",
+        choices=CHECKPOINT_SOURCE_NAMES,
     )
     allow_scratch: bool = _setting(
-        "bool", "false", "Start from random weights when no valid checkpoint exists (else exit 3).",
+        "bool",
+        "false",
+        "Start from random weights when no valid checkpoint exists (else exit 3).",
         "checkpoints",
     )
     deep_verify: bool = _setting(
         "bool", "true", "Check every CRC32 of the checkpoint that will be loaded.", "checkpoints"
     )
     load_verify: bool = _setting(
-        "bool", "false", "Also torch.load(weights_only=True, mmap=True) the chosen checkpoint (needs torch).",
+        "bool",
+        "false",
+        "Also torch.load(weights_only=True, mmap=True) the chosen checkpoint (needs torch).",
         "checkpoints",
     )
 
     # --- trainer -------------------------------------------------------------------------------------------
     trainer_mode: str = _setting(
-        "choice", "safe", "safe: our crash-safe driver of F5-TTS's Trainer; stock: f5-tts_finetune-cli.",
-        "trainer", choices=("safe", "stock"),
+        "choice",
+        "safe",
+        "safe: our crash-safe driver of F5-TTS's Trainer; stock: f5-tts_finetune-cli.",
+        "trainer",
+        choices=("safe", "stock"),
     )
     trainer_command: str = _setting(
         "str", "", "Command to exec instead of the built-in trainer (split like a shell would).", "trainer"
     )
     train_processes: int | None = _setting(
-        "int", "", "Training processes (one per GPU); empty: the number of visible GPUs, at least 1.",
-        "trainer", minimum=1, maximum=64, optional=True,
+        "int",
+        "",
+        "Training processes (one per GPU); empty: the number of visible GPUs, at least 1.",
+        "trainer",
+        minimum=1,
+        maximum=64,
+        optional=True,
     )
     dataset_name: str = _setting(
-        "str", "my_dataset", "Dataset name (stock mode reads data/<name>_<tokenizer>).", "trainer",
-        pattern=r"[A-Za-z0-9_.-]+", pattern_help="letters, digits, '_', '.', '-'",
+        "str",
+        "my_dataset",
+        "Dataset name (stock mode reads data/<name>_<tokenizer>).",
+        "trainer",
+        pattern=r"[A-Za-z0-9_.-]+",
+        pattern_help="letters, digits, '_', '.', '-'",
     )
     model_preset: str = _setting(
-        "choice", "F5TTS_v1_Base", "Model architecture, as F5-TTS's fine-tuning CLI defines it.", "model",
+        "choice",
+        "F5TTS_v1_Base",
+        "Model architecture, as F5-TTS's fine-tuning CLI defines it.",
+        "model",
         choices=MODEL_PRESETS,
     )
     tokenizer: str = _setting(
-        "choice", "custom", "Tokenizer: custom uses VOCAB_FILE as is.", "model",
+        "choice",
+        "custom",
+        "Tokenizer: custom uses VOCAB_FILE as is.",
+        "model",
         choices=("pinyin", "char", "custom"),
     )
-    learning_rate: float = _setting(
-        "float", "1e-5", "Peak learning rate.", "trainer", minimum=0, maximum=1
-    )
+    learning_rate: float = _setting("float", "1e-5", "Peak learning rate.", "trainer", minimum=0, maximum=1)
     batch_size: int = _setting(
-        "int", "3200", "Batch size per GPU (frames or samples, see BATCH_SIZE_TYPE).", "trainer",
-        minimum=1, maximum=10_000_000,
+        "int",
+        "3200",
+        "Batch size per GPU (frames or samples, see BATCH_SIZE_TYPE).",
+        "trainer",
+        minimum=1,
+        maximum=10_000_000,
     )
     batch_size_type: str = _setting(
         "choice", "frame", "Unit of BATCH_SIZE.", "trainer", choices=("frame", "sample")
@@ -206,47 +270,76 @@ class Settings:
     )
     epochs: int = _setting("int", "100", "Epochs to train.", "trainer", minimum=1, maximum=1_000_000)
     max_updates: int = _setting(
-        "int", "0", "Stop after this many updates in total (0: no limit, run all epochs).", "trainer",
-        minimum=0, maximum=1_000_000_000,
+        "int",
+        "0",
+        "Stop after this many updates in total (0: no limit, run all epochs).",
+        "trainer",
+        minimum=0,
+        maximum=1_000_000_000,
     )
     save_every_updates: int = _setting(
-        "int", "50000", "Numbered checkpoint model_<update>.pt every N updates.", "trainer",
-        minimum=1, maximum=1_000_000_000,
+        "int",
+        "50000",
+        "Numbered checkpoint model_<update>.pt every N updates.",
+        "trainer",
+        minimum=1,
+        maximum=1_000_000_000,
     )
     last_every_updates: int = _setting(
         "int", "5000", "model_last.pt every N updates.", "trainer", minimum=1, maximum=1_000_000_000
     )
     keep_checkpoints: int = _setting(
-        "int", "3", "Numbered checkpoints kept (-1: all, 0: none); the newest valid one is never removed.",
-        "trainer", minimum=-1, maximum=1_000_000,
+        "int",
+        "3",
+        "Numbered checkpoints kept (-1: all, 0: none); the newest valid one is never removed.",
+        "trainer",
+        minimum=-1,
+        maximum=1_000_000,
     )
     backup_every_updates: int = _setting(
-        "int", "5000", "Verified backup of model_last.pt into BACKUP_DIR every N updates (0: never).",
-        "trainer", minimum=0, maximum=1_000_000_000,
+        "int",
+        "5000",
+        "Verified backup of model_last.pt into BACKUP_DIR every N updates (0: never).",
+        "trainer",
+        minimum=0,
+        maximum=1_000_000_000,
     )
     backup_keep: int = _setting(
         "int", "3", "Backups kept in BACKUP_DIR (newest first).", "trainer", minimum=1, maximum=1_000_000
     )
     mixed_precision: str = _setting(
-        "choice", "bf16", "Mixed precision on the GPU (the CPU always trains in fp32).", "trainer",
+        "choice",
+        "bf16",
+        "Mixed precision on the GPU (the CPU always trains in fp32).",
+        "trainer",
         choices=("no", "fp16", "bf16"),
     )
     logger: str = _setting(
-        "choice", "tensorboard", "Training metrics logger (tensorboard writes into LOG_DIR).", "trainer",
+        "choice",
+        "tensorboard",
+        "Training metrics logger (tensorboard writes into LOG_DIR).",
+        "trainer",
         choices=("none", "tensorboard", "wandb"),
     )
     seed: int = _setting("int", "666", "Random seed.", "trainer", minimum=0, maximum=2**32 - 1)
 
     # --- Compose (read by compose.yaml; validated here so a typo is caught) ------------------------------
     gpu_count: str = _setting(
-        "str", "all", "GPUs reserved by compose.yaml (ignored when GPU_DEVICE_IDS is set).", "compose",
-        pattern=r"all|[1-9][0-9]*", pattern_help="'all' or a whole number >= 1",
+        "str",
+        "all",
+        "GPUs reserved by compose.yaml (ignored when GPU_DEVICE_IDS is set).",
+        "compose",
+        pattern=r"all|[1-9][0-9]*",
+        pattern_help="'all' or a whole number >= 1",
     )
     gpu_device_ids: tuple[str, ...] = _setting(
         "list", "", "GPU ids or UUIDs for compose.yaml (instead of GPU_COUNT).", "compose"
     )
     shm_size: str = _setting(
-        "str", "8gb", "Shared memory of the container (compose shm_size).", "compose",
+        "str",
+        "8gb",
+        "Shared memory of the container (compose shm_size).",
+        "compose",
         pattern=r"[0-9]+(\.[0-9]+)?\s*([bkmgBKMG]|[kmgKMG][bB])?",
         pattern_help="a size such as 8gb, 512m or 2147483648",
     )

@@ -1,0 +1,45 @@
+"""File names with a meaning: numbered checkpoints, unfinished temp files, quarantined files.
+
+The trainer, the preflight and F5-TTS's own selection rule all depend on these, so they live in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+
+LAST_NAME = "model_last.pt"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
+QUARANTINE_SUFFIX = ".corrupted"
+REASON_SUFFIX = ".json"  # next to a quarantined file: <name>.corrupted.json
+PRETRAINED_PREFIX = "pretrained_"
+LOG_FILE_NAME = "training.log"
+REPORT_DIR_NAME = "preflight"  # inside OUTPUT_DIR: report.json, report.txt, verdict-cache.json
+
+_NUMBERED = re.compile(r"^model_(\d+)\.(pt|safetensors)$")
+# An unfinished save: ".<final name>.partial-<pid>-<token>". The leading dot and the suffix keep it out of
+# F5-TTS's own selection (which wants names starting with "model_" and ending in .pt/.safetensors).
+_TEMP = re.compile(r"^\.(?P<final>.+)\.partial-(?P<pid>\d+)-(?P<token>[0-9a-f]+)$")
+
+
+def numbered_update(name: str) -> int | None:
+    """The update number of `model_<N>.pt` / `model_<N>.safetensors`, else None."""
+    match = _NUMBERED.match(name)
+    return int(match.group(1)) if match else None
+
+
+def temp_path_for(final: Path) -> Path:
+    """A unique temp name in the same folder as `final` (same file system, so a rename is atomic)."""
+    return final.with_name(f".{final.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def temp_target(name: str) -> str | None:
+    """For an unfinished-save temp file name, the final name it was meant to become; else None."""
+    match = _TEMP.match(name)
+    return match.group("final") if match else None
+
+
+def is_checkpoint_name(name: str) -> bool:
+    return name.endswith(CHECKPOINT_SUFFIXES)
