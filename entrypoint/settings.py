@@ -65,7 +65,7 @@ class Spec:
         elif self.maximum is not None:
             what += f" <= {_num(self.maximum)}"
         if self.optional:
-            what += ", or empty for automatic"
+            what += ", or empty"
         return what
 
 

@@ -1,0 +1,28 @@
+"""Replace the preflight with the trainer, so the trainer gets the container's signals directly."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+
+from entrypoint.errors import ExecFailed
+
+
+def exec_trainer(argv: list[str], env: Mapping[str, str]) -> None:
+    """os.execvpe never returns on success; a command that cannot start is an ExecFailed (exit 4)."""
+    if not argv:
+        raise ExecFailed("the trainer command is empty", "set TRAINER_COMMAND or pass a command after --")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(argv[0], argv, dict(env))
+    except FileNotFoundError:
+        raise ExecFailed(
+            f"trainer command {argv[0]!r} not found",
+            "install it or fix TRAINER_COMMAND / the command after --",
+        ) from None
+    except PermissionError:
+        raise ExecFailed(f"trainer command {argv[0]!r} is not executable", "check its permissions") from None
+    except OSError as error:
+        raise ExecFailed(f"trainer command {argv[0]!r} could not start: {error.strerror}") from None

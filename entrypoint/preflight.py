@@ -1,0 +1,223 @@
+"""One preflight pass: probes, checks, the checkpoint decision and the trainer's command and environment.
+
+`apply=False` (`preflight check`) changes nothing on disk; `apply=True` (`preflight run`) may create the
+output folders, quarantine bad checkpoints and install the chosen one.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from entrypoint import __version__
+from entrypoint.checkpoints.pipeline import CheckpointOutcome, resolve_checkpoint
+from entrypoint.checkpoints.validate import Expectation
+from entrypoint.checks.dataset import check_dataset
+from entrypoint.checks.disk import check_disk
+from entrypoint.checks.gpu import check_gpu
+from entrypoint.checks.limits import check_init, check_ulimits
+from entrypoint.checks.result import FAIL, OK, WARN, CheckResult, worst
+from entrypoint.checks.shm import check_shm
+from entrypoint.checks.writable import check_writable
+from entrypoint.cpu_plan import CpuPlan, plan_cpu
+from entrypoint.naming import REPORT_DIR_NAME
+from entrypoint.presets import PRESETS
+from entrypoint.probes.cpu import probe_cpu
+from entrypoint.probes.gpu import GpuFacts, probe_gpu
+from entrypoint.probes.storage import (
+    largest_checkpoint_bytes,
+    probe_limits,
+    probe_shm,
+    probe_space,
+)
+from entrypoint.settings import LoadedSettings, Settings
+from entrypoint.train.commands import build_trainer_argv, prepare_stock_layout
+from entrypoint.wait import wait_for_path, wait_until_stable
+
+
+@dataclass
+class PreflightResult:
+    loaded: LoadedSettings
+    mode: str  # "check" | "run"
+    cpu: CpuPlan
+    gpu: GpuFacts
+    processes: int
+    checks: list[CheckResult]
+    checkpoint: CheckpointOutcome
+    argv: list[str]
+    env: dict[str, str]  # the complete environment the trainer is exec'd with
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return worst(check.status for check in self.checks)
+
+    @property
+    def report_dir(self) -> Path:
+        return self.loaded.settings.output_dir / REPORT_DIR_NAME
+
+
+def vocab_path(settings: Settings) -> Path:
+    return settings.vocab_file or settings.dataset_dir / "vocab.txt"
+
+
+def _wait_for_inputs(settings: Settings) -> list[CheckResult]:
+    """In `run` mode, give late mounts and files still being copied a bounded time to settle."""
+    results = []
+    timeout = settings.wait_timeout_s
+    if not wait_for_path(settings.dataset_dir, timeout):
+        results.append(
+            CheckResult(
+                "wait",
+                FAIL,
+                f"DATASET_DIR {settings.dataset_dir} did not appear within {timeout:g} s",
+                "mount the dataset volume (compose.yaml) or fix DATASET_DIR; WAIT_TIMEOUT_S sets the wait",
+            )
+        )
+    pretrained = settings.pretrained_checkpoint
+    if pretrained is not None and "pretrained" in settings.checkpoint_sources:
+        if not wait_for_path(pretrained, timeout):
+            results.append(
+                CheckResult(
+                    "wait",
+                    WARN,
+                    f"PRETRAINED_CHECKPOINT {pretrained} did not appear within {timeout:g} s",
+                    "mount the pretrained checkpoint (compose.yaml) or fix PRETRAINED_CHECKPOINT",
+                )
+            )
+        elif not wait_until_stable(pretrained, timeout):
+            results.append(
+                CheckResult(
+                    "wait",
+                    WARN,
+                    f"PRETRAINED_CHECKPOINT {pretrained} was still growing after {timeout:g} s",
+                    "let the copy finish, then start again",
+                )
+            )
+    return results
+
+
+def _cpu_check(plan: CpuPlan) -> CheckResult:
+    message = (
+        f"{plan.usable} usable CPU(s) [{plan.source}]; {plan.workers} DataLoader worker(s) per process "
+        f"x {plan.processes}; {plan.threads} thread(s) per process"
+    )
+    if plan.notes:
+        message += " (" + "; ".join(plan.notes) + ")"
+    return CheckResult("cpu", OK, message)
+
+
+def _disk_checks(settings: Settings) -> list[CheckResult]:
+    if settings.checkpoint_size_gb is not None:
+        size, source = int(settings.checkpoint_size_gb * 1e9), "CHECKPOINT_SIZE_GB"
+    else:
+        size = max(
+            largest_checkpoint_bytes(settings.output_dir), largest_checkpoint_bytes(settings.backup_dir)
+        )
+        source = "largest checkpoint present"
+        if not size:
+            size = PRESETS[settings.model_preset].estimated_checkpoint_bytes()
+            source = f"estimate for {settings.model_preset}"
+    output = probe_space(settings.output_dir)
+    backup = probe_space(settings.backup_dir) if settings.backup_every_updates else None
+    return check_disk(output, backup, checkpoint_bytes=size, estimate_source=source)
+
+
+def trainer_environment(
+    loaded: LoadedSettings,
+    environ: Mapping[str, str],
+    plan: CpuPlan,
+    outcome: CheckpointOutcome,
+    report: Path,
+) -> dict[str, str]:
+    """The process environment plus the .env values (the environment wins, as in Compose) plus the plan."""
+    env = dict(loaded.file_values)
+    env.update(environ)
+    env.update(
+        {
+            "PREFLIGHT_CHECKPOINT": outcome.load_path or "",
+            "PREFLIGHT_CHECKPOINT_KIND": outcome.kind,
+            "PREFLIGHT_CHECKPOINT_UPDATE": "" if outcome.update is None else str(outcome.update),
+            "PREFLIGHT_WORKERS": str(plan.workers),
+            "PREFLIGHT_TORCH_THREADS": str(plan.threads),
+            "OMP_NUM_THREADS": str(plan.threads),
+            "MKL_NUM_THREADS": str(plan.threads),
+            "PREFLIGHT_REPORT": str(report),
+            "PREFLIGHT_VERSION": __version__,
+        }
+    )
+    env.pop("ENV_FILE", None)  # the values are in the environment now; re-reading the file could disagree
+    return env
+
+
+def run_preflight(
+    loaded: LoadedSettings,
+    *,
+    apply: bool,
+    command: list[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> PreflightResult:
+    environ = os.environ if environ is None else environ
+    settings = loaded.settings
+    checks: list[CheckResult] = []
+    if loaded.warnings:
+        checks.append(
+            CheckResult(
+                "settings", WARN, " ".join(loaded.warnings), "fix the variable names in the .env file"
+            )
+        )
+    else:
+        source = str(loaded.env_file) if loaded.env_file else "environment and defaults only"
+        checks.append(CheckResult("settings", OK, f"settings from {source}"))
+    if apply:
+        checks += _wait_for_inputs(settings)
+
+    gpu = probe_gpu(environ)
+    processes = settings.train_processes or max(1, gpu.count)
+    cpu = plan_cpu(
+        probe_cpu(),
+        override=settings.cpu_limit,
+        reserve=settings.cpu_reserve,
+        requested_workers=settings.dataloader_workers,
+        processes=processes,
+        torch_threads=settings.torch_threads,
+    )
+    checks.append(_cpu_check(cpu))
+    checks.append(check_gpu(gpu, require=settings.require_gpu))
+    checks.append(
+        check_shm(
+            probe_shm(), workers_total=cpu.workers * processes, per_worker_mb=settings.shm_per_worker_mb
+        )
+    )
+    limits = probe_limits()
+    checks.append(check_ulimits(limits, gpus=gpu.count))
+    checks.append(check_init(limits))
+    checks.append(check_writable("output", "OUTPUT_DIR", settings.output_dir, create=apply))
+    if settings.backup_every_updates:
+        checks.append(check_writable("backup", "BACKUP_DIR", settings.backup_dir, create=apply))
+    checks.append(check_writable("log", "LOG_DIR", settings.log_dir, create=apply))
+    checks += _disk_checks(settings)
+    dataset_result, vocab_size = check_dataset(settings.dataset_dir, vocab_path(settings))
+    checks.append(dataset_result)
+
+    expect = Expectation(settings.model_preset, vocab_size) if settings.trainer_mode == "safe" else None
+    outcome = resolve_checkpoint(settings, apply=apply, expect=expect)
+    checks.append(CheckResult("checkpoint", outcome.status, outcome.message, outcome.fix))
+
+    notes: list[str] = []
+    if settings.trainer_mode == "stock":
+        notes += prepare_stock_layout(settings, apply=apply)
+    if command:
+        argv = list(command)
+    elif settings.trainer_command:
+        argv = shlex.split(settings.trainer_command)
+    else:
+        argv = build_trainer_argv(settings, processes=processes)
+    report_path = settings.output_dir / REPORT_DIR_NAME / "report.json"
+    env = trainer_environment(loaded, environ, cpu, outcome, report_path)
+    return PreflightResult(
+        loaded, "run" if apply else "check", cpu, gpu, processes, checks, outcome, argv, env, notes
+    )

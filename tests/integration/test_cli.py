@@ -1,0 +1,195 @@
+"""The preflight command end to end, as a user runs it: a real process, real folders, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "wandb-secret-0123456789abcdef"
+
+
+def write_dataset(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "raw.arrow").write_bytes(b"arrow")
+    (folder / "duration.json").write_text('{"duration": [1.0]}')
+    (folder / "vocab.txt").write_text(" \na\nb\n")
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    write_dataset(tmp_path / "dataset")
+    (tmp_path / "test.env").write_text(
+        f"OUTPUT_DIR={tmp_path / 'output'}\nBACKUP_DIR={tmp_path / 'backups'}\nLOG_DIR={tmp_path / 'logs'}\n"
+        f"DATASET_DIR={tmp_path / 'dataset'}\nALLOW_SCRATCH=true\nMODEL_PRESET=tiny\n"
+        f"WANDB_API_KEY={SECRET}\n"
+    )
+    return tmp_path
+
+
+def preflight(
+    workspace: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {key: value for key, value in os.environ.items() if not key.startswith(("PREFLIGHT_", "WANDB"))}
+    base.pop("ENV_FILE", None)
+    base.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "entrypoint", *args],
+        cwd=workspace,
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def env_args(workspace: Path) -> list[str]:
+    return ["--env-file", str(workspace / "test.env")]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+def test_bad_setting_exits_2_with_one_line(workspace: Path) -> None:
+    done = preflight(workspace, "check", *env_args(workspace), env={"DATALOADER_WORKERS": "sixteen"})
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DATALOADER_WORKERS='sixteen'" in lines[0] and "whole number" in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_env_file_exits_2(workspace: Path) -> None:
+    done = preflight(workspace, "check", "--env-file", str(workspace / "nope.env"))
+    assert done.returncode == 2 and "does not exist" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_check_reports_and_changes_nothing(workspace: Path) -> None:
+    before = snapshot(workspace)
+    done = preflight(workspace, "check", "--json", *env_args(workspace), env={"CPU_LIMIT": "1.5"})
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["status"] in ("ok", "warn") and report["mode"] == "check"
+    assert report["cpu"]["usable"] == 1 and report["cpu"]["usable_exact"] == 1.5
+    assert "CPU_LIMIT" in report["cpu"]["source"]
+    assert report["cpu"]["workers"] == 1 and report["cpu"]["threads"] == 1
+    names = {check["name"] for check in report["checks"]}
+    assert {"settings", "cpu", "gpu", "shm", "ulimits", "init", "dataset", "checkpoint"} <= names
+    assert report["checkpoint"]["kind"] == "scratch" and report["checkpoint"]["chosen"] is None
+    assert report["trainer"]["argv"]
+    assert snapshot(workspace) == before
+
+
+def test_check_text_has_a_line_per_check_and_a_summary(workspace: Path) -> None:
+    done = preflight(workspace, "check", *env_args(workspace))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1].startswith("summary: ")
+    assert "  OK    cpu" in done.stdout or "  WARN  cpu" in done.stdout
+
+
+def test_typo_is_reported(workspace: Path) -> None:
+    with open(workspace / "test.env", "a") as handle:
+        handle.write("DATALOADER_WORKER=2\n")
+    done = preflight(workspace, "check", "--json", *env_args(workspace))
+    report = json.loads(done.stdout)
+    settings = next(check for check in report["checks"] if check["name"] == "settings")
+    assert settings["status"] == "warn" and "did you mean DATALOADER_WORKERS" in settings["message"]
+
+
+def test_require_gpu_without_gpu_exits_3_naming_the_fix(workspace: Path) -> None:
+    done = preflight(
+        workspace, "check", *env_args(workspace), env={"REQUIRE_GPU": "true", "PATH": "/usr/bin:/bin"}
+    )
+    assert done.returncode == 3
+    assert "REQUIRE_GPU=true" in done.stdout and "NVIDIA Container Toolkit" in done.stdout
+
+
+def test_no_checkpoint_without_scratch_exits_3(workspace: Path) -> None:
+    done = preflight(workspace, "check", *env_args(workspace), env={"ALLOW_SCRATCH": "false"})
+    assert done.returncode == 3 and "checkpoint" in done.stdout
+
+
+def test_run_execs_the_command_with_the_planned_environment(workspace: Path) -> None:
+    probe = (
+        "import json, os, sys; json.dump({'pid': os.getpid(), 'env': {k: v for k, v in os.environ.items()}}, "
+        "open(sys.argv[1], 'w'))"
+    )
+    out = workspace / "child.json"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "entrypoint",
+            "run",
+            *env_args(workspace),
+            "--",
+            sys.executable,
+            "-c",
+            probe,
+            str(out),
+        ],
+        cwd=workspace,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("PREFLIGHT_")}, "CPU_LIMIT": "2"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    child = json.loads(out.read_text())
+    assert child["pid"] == process.pid  # exec, not a child process: signals reach the trainer directly
+    env = child["env"]
+    assert env["PREFLIGHT_WORKERS"] == "1" and env["OMP_NUM_THREADS"] == "2" and env["MKL_NUM_THREADS"] == "2"
+    assert env["PREFLIGHT_CHECKPOINT_KIND"] == "scratch" and env["PREFLIGHT_CHECKPOINT"] == ""
+    assert env["MODEL_PRESET"] == "tiny"  # .env values reach the trainer
+    assert env["WANDB_API_KEY"] == SECRET  # the trainer gets the secret ...
+    report_text = (workspace / "output" / "preflight" / "report.json").read_text()
+    log_text = (workspace / "logs" / "training.log").read_text()
+    for shown in (stdout, stderr, report_text, log_text):  # ... nothing shows it
+        assert SECRET not in shown
+    assert "summary:" in log_text
+    assert json.loads(report_text)["mode"] == "run"
+
+
+def test_secret_in_the_command_line_is_redacted(workspace: Path) -> None:
+    done = preflight(
+        workspace, "check", "--json", *env_args(workspace), env={"TRAINER_COMMAND": f"train --key {SECRET}"}
+    )
+    assert SECRET not in done.stdout + done.stderr
+    assert json.loads(done.stdout)["trainer"]["argv"] == ["train", "--key", "***"]
+
+
+def test_custom_secret_names_are_redacted(workspace: Path) -> None:
+    value = "s3cr3t-value-for-db"
+    done = preflight(
+        workspace, "check", *env_args(workspace), env={"DB_PASSWORD": value, "TRAINER_COMMAND": f"x {value}"}
+    )
+    assert value not in done.stdout + done.stderr
+
+
+def test_run_with_missing_command_exits_4(workspace: Path) -> None:
+    done = preflight(workspace, "run", *env_args(workspace), "--", "no-such-trainer-binary")
+    assert done.returncode == 4 and "not found" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_dash_dash_only_for_run(workspace: Path) -> None:
+    done = preflight(workspace, "check", *env_args(workspace), "--", "true")
+    assert done.returncode == 2
+
+
+def test_settings_command_lists_origins(workspace: Path) -> None:
+    done = preflight(workspace, "settings", *env_args(workspace), env={"SEED": "5"})
+    assert done.returncode == 0
+    assert any(
+        line.startswith("SEED") and "5" in line and "(environment)" in line
+        for line in done.stdout.splitlines()
+    )
+    assert SECRET not in done.stdout
