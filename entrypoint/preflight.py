@@ -25,7 +25,7 @@ from entrypoint.checks.writable import check_writable
 from entrypoint.cpu_plan import CpuPlan, plan_cpu
 from entrypoint.naming import REPORT_DIR_NAME
 from entrypoint.presets import PRESETS
-from entrypoint.probes.cpu import probe_cpu
+from entrypoint.probes.cpu import CpuFacts, probe_cpu
 from entrypoint.probes.gpu import GpuFacts, probe_gpu
 from entrypoint.probes.storage import (
     largest_checkpoint_bytes,
@@ -100,13 +100,21 @@ def _wait_for_inputs(settings: Settings) -> list[CheckResult]:
     return results
 
 
-def _cpu_check(plan: CpuPlan) -> CheckResult:
+def _cpu_check(plan: CpuPlan, facts: CpuFacts) -> CheckResult:
     message = (
         f"{plan.usable} usable CPU(s) [{plan.source}]; {plan.workers} DataLoader worker(s) per process "
         f"x {plan.processes}; {plan.threads} thread(s) per process"
     )
     if plan.notes:
         message += " (" + "; ".join(plan.notes) + ")"
+    if facts.notes:
+        # A limit that could not be read may be a limit that is not honoured: say so, loudly.
+        return CheckResult(
+            "cpu",
+            WARN,
+            message + "; could not read: " + "; ".join(facts.notes),
+            "set CPU_LIMIT to the CPUs this container may use",
+        )
     return CheckResult("cpu", OK, message)
 
 
@@ -177,15 +185,16 @@ def run_preflight(
 
     gpu = probe_gpu(environ)
     processes = settings.train_processes or max(1, gpu.count)
+    cpu_facts = probe_cpu()
     cpu = plan_cpu(
-        probe_cpu(),
+        cpu_facts,
         override=settings.cpu_limit,
         reserve=settings.cpu_reserve,
         requested_workers=settings.dataloader_workers,
         processes=processes,
         torch_threads=settings.torch_threads,
     )
-    checks.append(_cpu_check(cpu))
+    checks.append(_cpu_check(cpu, cpu_facts))
     checks.append(check_gpu(gpu, require=settings.require_gpu))
     checks.append(
         check_shm(
