@@ -1,0 +1,222 @@
+"""Make the trainer load the chosen checkpoint.
+
+Our own trainer ("safe" mode) is given the chosen path explicitly: no file is touched. F5-TTS's stock trainer
+("stock" mode) picks by name (see f5_rule.py), so the chosen file must be the one its rule lands on in its
+checkpoint folder. Bad files are already quarantined by then; what is left is placing a chosen file that
+lives elsewhere (a backup, PRETRAINED_CHECKPOINT) or that a stray name would shadow.
+
+Placements, tried in this order; the first one F5-TTS's rule picks unambiguously is used:
+- training checkpoint of update U: `model_<U>.pt`, hard link when on the same file system. Safe because the
+  stock trainer never writes an existing numbered name (its saves are numbered above the update it resumed
+  from) and only unlinks old ones;
+- training checkpoint: `model_last.pt` as a real copy, never a hard link: the stock trainer rewrites
+  `model_last.pt` in place (torch.save truncates the file it opens), which through a hard link would destroy
+  the backup it came from;
+- pretrained weights: `pretrained_<name>` (the name F5-TTS's stock CLI copies PRETRAINED_CHECKPOINT to, so its
+  `if not isfile` copy is skipped), hard link or copy: the trainer never writes `pretrained_*` names;
+- pretrained weights when other valid `pretrained_*` files make F5-TTS's choice depend on listing order:
+  `model_0.pt` / `model_0.safetensors`, which its rule prefers over any `pretrained_*`.
+A copy goes to a temp name, is fsynced, renamed without replacing anything, and the folder fsynced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from entrypoint import naming
+from entrypoint.checkpoints.f5_rule import F5Choice, f5_choice
+from entrypoint.checkpoints.quarantine import rename_no_replace
+from entrypoint.checkpoints.verdict import FORMAT_SAFETENSORS, KIND_TRAINING, Verdict
+
+COPY_MARGIN_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Placement:
+    name: str
+    link_allowed: bool
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    ok: bool
+    load_path: Path | None
+    actions: tuple[str, ...] = ()  # what was done (or, in a dry run, would be done), in words
+    message: str = ""  # when not ok: what is wrong
+    fix: str = ""
+
+
+def _extension(verdict: Verdict) -> str:
+    return ".safetensors" if verdict.format == FORMAT_SAFETENSORS else ".pt"
+
+
+def pretrained_copy_name(source: Path, verdict: Verdict) -> str:
+    """The name F5-TTS's stock CLI gives its copy of a pretrained file, with a loadable ending."""
+    name = (
+        source.name
+        if source.name.startswith(naming.PRETRAINED_PREFIX)
+        else naming.PRETRAINED_PREFIX + source.name
+    )
+    if not name.endswith((".pt", ".safetensors")):
+        # F5-TTS only considers these two endings, and picks its loader by them.
+        stem, dot, _ending = name.rpartition(".")
+        name = (stem if dot else name) + _extension(verdict)
+    return name
+
+
+def placements(chosen: Path, verdict: Verdict) -> list[Placement]:
+    if verdict.kind == KIND_TRAINING and verdict.update is not None and verdict.format != FORMAT_SAFETENSORS:
+        return [Placement(f"model_{verdict.update}.pt", True), Placement(naming.LAST_NAME, False)]
+    return [
+        Placement(pretrained_copy_name(chosen, verdict), True),
+        Placement(f"model_0{_extension(verdict)}", True),
+    ]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        # In a dry run a file may exist only in the simulated listing (a temp file about to be renamed).
+        return a == b
+
+
+def plan_stock(folder: Path, chosen: Path, verdict: Verdict, names: Iterable[str]) -> tuple[str | None, str]:
+    """For a folder listing (after quarantine), the entry F5-TTS must load for `chosen`, and how to get it.
+
+    Returns (name, how) with how "in place" (nothing to do), "link", "copy", or (None, reason) when no
+    placement works.
+    """
+    listing = list(names)
+    current = f5_choice(listing)
+    if current.name is not None and not current.ambiguous and _same_file(folder / current.name, chosen):
+        return current.name, "in place"
+    blocked: list[str] = []
+    for placement in placements(chosen, verdict):
+        target = folder / placement.name
+        if placement.name in listing:
+            if _same_file(target, chosen) and not (
+                placement.name == naming.LAST_NAME and chosen.parent != folder
+            ):
+                simulated = listing
+            else:
+                blocked.append(f"{placement.name} exists")
+                continue
+        else:
+            simulated = [*listing, placement.name]
+        result = f5_choice(simulated)
+        if result.name == placement.name and not result.ambiguous and not result.error:
+            if placement.name in listing:
+                return placement.name, "in place"
+            return placement.name, _method(folder, chosen, placement)
+        blocked.append(_why_not(result, placement.name))
+    return None, "; ".join(blocked)
+
+
+def _why_not(result: F5Choice, name: str) -> str:
+    if result.error:
+        return f"as {name}: {result.error}"
+    if result.ambiguous:
+        return f"as {name}: the choice would depend on listing order ({', '.join(result.ambiguous)})"
+    return f"as {name}: F5-TTS would still load {result.name}"
+
+
+def _method(folder: Path, chosen: Path, placement: Placement) -> str:
+    if not placement.link_allowed:
+        return "copy"
+    try:
+        return "link" if chosen.stat().st_dev == folder.stat().st_dev else "copy"
+    except OSError:
+        return "copy"
+
+
+def install_stock(
+    folder: Path, chosen: Path, verdict: Verdict, *, apply: bool, names: Iterable[str] | None = None
+) -> InstallResult:
+    """Arrange `folder` so F5-TTS's stock rule loads `chosen`; `names` simulates the listing in a dry run."""
+    listing = list(names) if names is not None else _listdir(folder)
+    name, how = plan_stock(folder, chosen, verdict, listing)
+    if name is None:
+        shown = f5_choice(listing)
+        loads = shown.name or shown.error or "nothing"
+        return InstallResult(
+            False,
+            None,
+            message=(
+                f"F5-TTS's stock trainer would load {loads} from {folder}, not the chosen {chosen} ({how})"
+            ),
+            fix=(
+                f"move the files it would pick out of {folder} (or fix their permissions), "
+                "or use TRAINER_MODE=safe, which loads the chosen file by path"
+            ),
+        )
+    target = folder / name
+    if how == "in place":
+        return InstallResult(True, target)
+    action = f"{'hard-link' if how == 'link' else 'copy'} {chosen} to {target}"
+    if not apply:
+        return InstallResult(True, target, (f"would {action}",))
+    try:
+        if how == "link":
+            try:
+                os.link(chosen, target, follow_symlinks=True)
+            except OSError as error:
+                if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                    raise
+                how, action = "copy", f"copy {chosen} to {target}"
+                atomic_copy(chosen, target)
+        else:
+            atomic_copy(chosen, target)
+        _fsync_dir(folder)
+    except OSError as error:
+        reason = "read-only file system" if error.errno == errno.EROFS else (error.strerror or str(error))
+        return InstallResult(
+            False,
+            None,
+            (f"could not {action}",),
+            message=f"cannot place {chosen} where F5-TTS's stock trainer will load it: {reason}",
+            fix=f"make {folder} writable with room for one checkpoint, or use TRAINER_MODE=safe",
+        )
+    return InstallResult(True, target, (action,))
+
+
+def atomic_copy(source: Path, target: Path) -> None:
+    """Copy to a temp name in the target folder, fsync, rename (never replacing a file)."""
+    size = source.stat().st_size
+    free = shutil.disk_usage(target.parent).free
+    if free < size + COPY_MARGIN_BYTES:
+        raise OSError(errno.ENOSPC, f"{free / 1e9:.1f} GB free, {size / 1e9:.1f} GB needed")
+    temp = naming.temp_path_for(target)
+    try:
+        shutil.copyfile(source, temp)
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        rename_no_replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+
+
+def _listdir(folder: Path) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
