@@ -33,8 +33,8 @@ class Preset:
 
     @property
     def text_dim(self) -> int:
-        # UNetT has no text_dim argument: its text embedding has the model width.
-        return int(self.config.get("text_dim", self.config["dim"]))
+        # F5-TTS's UNetT defaults text_dim to mel_dim when the preset does not set it.
+        return int(self.config.get("text_dim", MEL_CHANNELS))
 
     def estimated_checkpoint_bytes(self) -> int:
         """fp32 model + fp32 EMA + two fp32 AdamW moments per parameter."""
