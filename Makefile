@@ -66,7 +66,9 @@ format: setup-test
 bench: setup-test
 	$(PY) -m bench
 
-# --- container targets (Docker with the NVIDIA Container Toolkit) -----------------------------------------
+# --- container targets (Docker with the NVIDIA Container Toolkit; docs/proxmox.md) -------------------------
+# compose.yaml reads .env (copy .env.example); COMPOSE_FILE in .env selects compose.cpu.yaml or
+# compose.gpu-ids.yaml for every target below.
 build:
 	docker compose build train
 
@@ -79,11 +81,12 @@ preflight-docker:
 logs:
 	docker compose logs -f train
 
+# Builds the full image from a local base with podman and trains a few updates in it on the CPU (slow).
 test-image: setup-test
-	$(PY) -m pytest -m container tests/container/test_full_image.py --run-full-image $(PYTEST_ARGS)
+	$(PY) -m pytest -m container tests/container/test_full_image.py --run-full-image -s $(PYTEST_ARGS)
 
-host-check:
-	@bash scripts/host-check.sh
+host-check: setup
+	@bash scripts/host-check.sh --env-file $(ENV_FILE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

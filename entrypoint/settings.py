@@ -344,6 +344,52 @@ class Settings:
         pattern_help="a size such as 8gb, 512m or 2147483648",
     )
 
+    pretrained_dir: Path = _setting(
+        "path",
+        "data/pretrained",
+        "Host folder compose.yaml mounts read-only at data/pretrained; "
+        "PRETRAINED_CHECKPOINT names a file inside it (data/pretrained/<file>).",
+        "compose",
+    )
+    train_image: str = _setting(
+        "str",
+        "f5tts-train:local",
+        "Image name compose.yaml builds and runs.",
+        "compose",
+        pattern=r"[A-Za-z0-9][A-Za-z0-9._/:@-]*",
+        pattern_help="an image reference such as f5tts-train:local",
+    )
+    app_uid: int = _setting(
+        "int",
+        "1000",
+        "Numeric user the image runs as (build argument; match the owner of the folders).",
+        "compose",
+        minimum=1,
+        maximum=2**31 - 1,
+    )
+    app_gid: int = _setting(
+        "int",
+        "1000",
+        "Numeric group the image runs as (build argument).",
+        "compose",
+        minimum=1,
+        maximum=2**31 - 1,
+    )
+    wheelhouse: str = _setting(
+        "str",
+        "",
+        "Folder of wheels in the project folder for air-gapped builds; empty: the package index.",
+        "compose",
+    )
+    tensorboard_port: int = _setting(
+        "int",
+        "6006",
+        "Local port of the tensorboard service (docker compose up -d tensorboard).",
+        "compose",
+        minimum=1,
+        maximum=65535,
+    )
+
     def describe(self) -> dict[str, str]:
         """The values as strings, for reports (every field is safe to show: secrets are not settings)."""
         shown: dict[str, str] = {}
@@ -372,6 +418,8 @@ SPEC_BY_NAME: dict[str, Spec] = {spec.name: spec for spec in SPECS}
 # Variables that are ours but are not settings: typo warnings must not fire on them.
 OTHER_KNOWN_NAMES = (
     "ENV_FILE",
+    "COMPOSE_FILE",
+    "COMPOSE_PROJECT_NAME",
     "PREFLIGHT_CHECKPOINT",
     "PREFLIGHT_CHECKPOINT_KIND",
     "PREFLIGHT_CHECKPOINT_UPDATE",

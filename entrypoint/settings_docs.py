@@ -40,5 +40,12 @@ def env_example() -> str:
                 lines.append(f"# {spec.help} Allowed: {spec.allowed()}.")
                 lines.append(f"{spec.name}={spec.default}")
         lines.append("")
-    lines += ["# --- Secrets (optional) " + "-" * 83, "# WANDB_API_KEY=", "# HF_TOKEN="]
+    lines += [
+        "# Docker Compose's own: the files `docker compose` uses without -f (no GPU: add compose.cpu.yaml).",
+        "# COMPOSE_FILE=compose.yaml:compose.cpu.yaml",
+        "",
+        "# --- Secrets (optional) " + "-" * 83,
+        "# WANDB_API_KEY=",
+        "# HF_TOKEN=",
+    ]
     return "\n".join(lines) + "\n"

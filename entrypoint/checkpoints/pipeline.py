@@ -418,6 +418,8 @@ def _chosen_outcome(
     fix = ""
     if failed_moves:
         fix = "make OUTPUT_DIR/BACKUP_DIR writable so bad files can be quarantined"
+    elif run.quarantined and all(q.error == "dry run" for q in run.quarantined):
+        fix = "`preflight run` will quarantine the invalid file(s) listed below; nothing is deleted"
     elif run.quarantined:
         fix = (
             "see the .corrupted.json files for causes; delete quarantined files once you no longer need them"
