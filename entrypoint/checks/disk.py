@@ -23,7 +23,12 @@ def check_disk(
             continue
         if label == "disk-backup" and facts.device == output.device:
             results.append(
-                CheckResult(label, OK, "backups share the output file system: hard links, no extra space")
+                CheckResult(
+                    label,
+                    OK,
+                    "backups share the output file system: hard links where the mounts allow "
+                    "(two bind mounts of one disk need copies, counted in disk-output)",
+                )
             )
             continue
         free = human_bytes(facts.free_bytes)
