@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-QUICK_ARGS = {"bench_validate": ["--size-gb", "0.5"]}
+QUICK_ARGS = {"bench_validate": ["--size-gb", "0.5"], "bench_choose": ["--size-gb", "0.5"]}
 
 
 def main() -> int:
