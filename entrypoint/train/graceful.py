@@ -1,0 +1,58 @@
+"""SIGTERM / SIGINT: finish the update in progress, save model_last.pt safely, exit 0.
+
+The handler only records the request; the trainer looks at it between updates (never inside one), so the
+model, the optimizer and the EMA are consistent when the final save starts. A second signal while stopping is
+reported and otherwise ignored: the save goes on, and even a SIGKILL at that moment corrupts nothing
+because every save writes a temp file and renames it (see safe_save).
+
+Bound from the signal to the exit: the rest of the current update (one optimizer step over
+GRAD_ACCUMULATION_STEPS batches), plus a numbered save if that update was due one, plus one save of
+model_last.pt (skipped when that update already saved it), plus the interpreter's exit. A container
+runtime's stop grace period must exceed this; see docs/trainer.md for figures.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterable
+from types import FrameType
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopRequest:
+    """Set by SIGTERM/SIGINT; read by the training loop between updates.
+
+    The handler only records the signal: printing from a handler could re-enter the output stream (or the
+    log tee's lock) that the interrupted code was in the middle of using. The trainer reports the signals
+    at its next safe point.
+    """
+
+    def __init__(self) -> None:
+        self.signals: list[str] = []
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.signals)
+
+    @property
+    def signal_name(self) -> str:
+        return self.signals[0] if self.signals else ""
+
+    def request(self, name: str) -> None:
+        self.signals.append(name)
+
+    def repeated(self) -> list[str]:
+        """Signals that came after the first one (ignored: the stop was already under way)."""
+        return self.signals[1:]
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        self.request(signal.Signals(signum).name)
+
+
+def install_stop_handlers(signals: Iterable[signal.Signals] = STOP_SIGNALS) -> StopRequest:
+    """Install handlers that turn the given signals into a StopRequest (main thread only)."""
+    stop = StopRequest()
+    for signum in signals:
+        signal.signal(signum, stop._handle)
+    return stop

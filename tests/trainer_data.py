@@ -1,0 +1,150 @@
+"""Helpers for tests that run the real trainer: a tiny dataset, .env files, and starting a training run.
+
+`make_tiny_dataset(folder)` is cache-friendly: a folder that already holds a finished dataset is reused, so
+pass a session-wide folder (e.g. `tmp_path_factory.getbasetemp() / "tiny-dataset"`) to prepare it once.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from entrypoint.demo import make_synthetic_dataset, write_env_file
+from entrypoint.naming import LAST_NAME, numbered_update
+from entrypoint.settings import SPEC_BY_NAME
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESUMED = re.compile(r"Resuming from (\S+) at update (\d+) \(weights fingerprint (\S+)\)")
+SAVED_LAST = re.compile(r"Saved last checkpoint at update (\d+)")
+STOPPED = re.compile(r"Stopped by (\S+) at update (\d+)")
+
+
+def make_tiny_dataset(folder: Path, clips: int = 8) -> Path:
+    """A real prepared dataset (raw.arrow, duration.json, vocab.txt) of synthetic clips; returns its folder."""
+    return make_synthetic_dataset(folder, clips)
+
+
+def tiny_settings(dataset: Path, root: Path, **overrides: Any) -> dict[str, str]:
+    """Settings for a fast CPU run of the `tiny` preset with everything under `root`."""
+    values = {
+        "DATASET_DIR": str(dataset),
+        "OUTPUT_DIR": str(root / "output"),
+        "BACKUP_DIR": str(root / "backups"),
+        "LOG_DIR": str(root / "logs"),
+        "MODEL_PRESET": "tiny",
+        "TOKENIZER": "custom",
+        "BATCH_SIZE": "2",
+        "BATCH_SIZE_TYPE": "sample",
+        "LEARNING_RATE": "1e-4",
+        "WARMUP_UPDATES": "2",
+        "LAST_EVERY_UPDATES": "2",
+        "SAVE_EVERY_UPDATES": "1000",
+        "KEEP_CHECKPOINTS": "-1",
+        "BACKUP_EVERY_UPDATES": "0",
+        "LOGGER": "none",
+        "DATALOADER_WORKERS": "1",
+        "TORCH_THREADS": "1",
+        "ALLOW_SCRATCH": "true",
+        "WAIT_TIMEOUT_S": "0",
+    }
+    values.update({key.upper(): str(value) for key, value in overrides.items()})
+    return values
+
+
+def write_settings(root: Path, values: dict[str, str]) -> Path:
+    return write_env_file(root / "test.env", values)
+
+
+@functools.cache
+def preflight_run_available() -> bool:
+    """True once `python -m entrypoint run --help` works (the preflight CLI)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "entrypoint", "run", "--help"], capture_output=True, cwd=REPO_ROOT, timeout=60
+    )
+    return result.returncode == 0
+
+
+def _clean_environment() -> dict[str, str]:
+    # Settings and PREFLIGHT_* from the developer's shell must not leak into a test run.
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in SPEC_BY_NAME and not key.startswith("PREFLIGHT_") and key != "ENV_FILE"
+    }
+    env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _newest_checkpoint(output: Path) -> Path | None:
+    if (output / LAST_NAME).is_file():
+        return output / LAST_NAME
+    numbered = [
+        (numbered_update(p.name), p) for p in output.glob("model_*.pt") if numbered_update(p.name) is not None
+    ]
+    return max(numbered)[1] if numbered else None
+
+
+def training_command(env_file: Path, values: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """`preflight run --env-file` when the CLI exists, else the trainer itself with PREFLIGHT_* filled in."""
+    env = _clean_environment()
+    if preflight_run_available():
+        return [sys.executable, "-m", "entrypoint", "run", "--env-file", str(env_file)], env
+    checkpoint = _newest_checkpoint(Path(values["OUTPUT_DIR"]))
+    env.update(
+        {
+            "ENV_FILE": str(env_file),
+            "PREFLIGHT_CHECKPOINT": str(checkpoint or ""),
+            "PREFLIGHT_CHECKPOINT_KIND": "training" if checkpoint else "scratch",
+            "PREFLIGHT_WORKERS": values.get("DATALOADER_WORKERS", "1"),
+            "PREFLIGHT_TORCH_THREADS": values.get("TORCH_THREADS", "1"),
+        }
+    )
+    return [sys.executable, "-m", "entrypoint.train"], env
+
+
+def run_training(
+    env_file: Path, values: dict[str, str], timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    argv, env = training_command(env_file, values)
+    return subprocess.run(
+        argv, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def start_training(env_file: Path, values: dict[str, str]) -> subprocess.Popen[str]:
+    """Start a run with stdout (trainer lines) piped; stderr (progress bars) goes to a file in LOG_DIR."""
+    argv, env = training_command(env_file, values)
+    log_dir = Path(values["LOG_DIR"])
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stderr = open(log_dir / "stderr.txt", "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    return subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
+def wait_for_line(process: subprocess.Popen[str], pattern: re.Pattern[str], seen: list[str]) -> re.Match[str]:
+    """Read the process's stdout until a line matches; every line read is appended to `seen`."""
+    assert process.stdout is not None
+    for line in process.stdout:
+        seen.append(line)
+        match = pattern.search(line)
+        if match:
+            return match
+    raise AssertionError(f"the trainer ended without printing {pattern.pattern!r}:\n{''.join(seen)[-3000:]}")
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    import torch
+
+    return torch.load(path, weights_only=True, map_location="cpu")
+
+
+def fingerprint(state_dict: dict[str, Any]) -> float:
+    """The same sum the trainer prints when it resumes (entrypoint.train.driver.weights_fingerprint)."""
+    from entrypoint.train.driver import weights_fingerprint
+
+    return weights_fingerprint(state_dict)

@@ -1,0 +1,165 @@
+"""Atomic checkpoint saves, the disk-space guard, quick validation and rotation, on real files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from entrypoint.naming import temp_target
+from entrypoint.train import safe_save
+from entrypoint.train.safe_save import (
+    SafeSaver,
+    numbered_checkpoints,
+    rotate_numbered,
+    write_atomically,
+    zip_structure_cause,
+)
+
+torch = pytest.importorskip("torch")
+
+
+def _state(megabytes: float = 1.0, update: int = 1) -> dict[str, object]:
+    """A checkpoint shaped like F5-TTS's (the same keys), about `megabytes` in size."""
+    count = int(megabytes * (1 << 20) / 8)
+    return {
+        "model_state_dict": {"w": torch.arange(count, dtype=torch.float32)},
+        "optimizer_state_dict": {"state": {}, "param_groups": []},
+        "ema_model_state_dict": {"initted": torch.tensor(True), "ema_model.w": torch.ones(count)},
+        "scheduler_state_dict": {"last_epoch": update},
+        "update": update,
+    }
+
+
+def _temps(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if temp_target(p.name)]
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MB file system, to fill up for real."""
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], check=False)
+    if done.returncode != 0:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_save_replaces_final_name_with_complete_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    saver = SafeSaver(tmp_path, log=lambda _line: None)
+    first = saver.save(_state(update=1), "model_last.pt")
+    second = saver.save(_state(update=2), "model_last.pt")
+    assert first.saved and first.valid and second.saved and second.valid
+    assert torch.load(tmp_path / "model_last.pt", weights_only=True)["update"] == 2
+    assert second.size == (tmp_path / "model_last.pt").stat().st_size == saver.last_size
+    assert _temps(tmp_path) == []
+
+
+def test_failed_write_keeps_previous_file_byte_identical(tmp_path: Path) -> None:
+    final = tmp_path / "model_last.pt"
+    torch.save(_state(update=7), final)
+    before = final.read_bytes()
+
+    def broken_write(temp: Path) -> None:
+        temp.write_bytes(before[:1000])  # a partial file, then the writer dies
+        raise OSError("simulated crash in the middle of a save")
+
+    with pytest.raises(OSError, match="simulated"):
+        write_atomically(final, broken_write)
+    assert final.read_bytes() == before
+    assert _temps(tmp_path) == []
+
+
+def test_incomplete_write_is_never_renamed_over_the_final_name(tmp_path: Path) -> None:
+    final = tmp_path / "model_last.pt"
+    torch.save(_state(update=3), final)
+    before = final.read_bytes()
+    with pytest.raises(OSError, match="not complete"):
+        write_atomically(final, lambda temp: temp.write_bytes(before[: len(before) // 2]))
+    assert final.read_bytes() == before
+
+
+def test_guard_skips_a_save_that_cannot_fit_and_keeps_previous(small_tmpfs: Path) -> None:
+    lines: list[str] = []
+    saver = SafeSaver(small_tmpfs, log=lines.append)
+    assert saver.save(_state(1.5, update=1), "model_last.pt").valid
+    before = (small_tmpfs / "model_last.pt").read_bytes()
+    result = saver.save(_state(2.5, update=2), "model_last.pt")  # 1.5 + 2.5 MB do not fit in 4 MB
+    assert not result.saved
+    assert any("NOT SAVED model_last.pt" in line for line in lines)
+    assert (small_tmpfs / "model_last.pt").read_bytes() == before
+    assert _temps(small_tmpfs) == []
+
+
+def test_real_enospc_during_write_keeps_previous(small_tmpfs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lines: list[str] = []
+    saver = SafeSaver(small_tmpfs, log=lines.append)
+    assert saver.save(_state(1.5, update=1), "model_last.pt").valid
+    before = (small_tmpfs / "model_last.pt").read_bytes()
+    # Turn the guard off so the write itself runs into the full disk (as when something else fills it).
+    monkeypatch.setattr(safe_save, "bytes_needed", lambda _size: 0)
+    result = saver.save(_state(2.5, update=2), "model_last.pt")
+    assert not result.saved
+    assert any("NOT SAVED" in line for line in lines)
+    assert (small_tmpfs / "model_last.pt").read_bytes() == before
+    assert _temps(small_tmpfs) == []
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda data: data[: len(data) // 2], "truncated"),
+        (lambda data: data[:-100], "truncated"),
+        (lambda data: b"\0" * len(data), "truncated"),
+        (lambda data: b"", "empty"),
+    ],
+)
+def test_zip_structure_cause_names_damage(tmp_path: Path, damage, expected: str) -> None:
+    path = tmp_path / "model_1.pt"
+    torch.save(_state(0.2), path)
+    assert zip_structure_cause(path) == ""
+    path.write_bytes(damage(path.read_bytes()))
+    assert expected in zip_structure_cause(path)
+
+
+def test_estimate_is_close_to_the_real_size(tmp_path: Path) -> None:
+    state = _state(3.0)
+    torch.save(state, tmp_path / "x.pt")
+    real = (tmp_path / "x.pt").stat().st_size
+    assert real <= safe_save.estimate_save_size(state) <= real * 1.1
+
+
+def test_rotation_keeps_newest_and_never_the_just_saved(tmp_path: Path) -> None:
+    for update in (2, 4, 6, 8):
+        torch.save(_state(0.01, update), tmp_path / f"model_{update}.pt")
+    (tmp_path / "model_last.pt").write_bytes(b"x")
+    (tmp_path / "pretrained_model_1.pt").write_bytes(b"x")
+    removed = rotate_numbered(tmp_path, 2, tmp_path / "model_8.pt", log=lambda _l: None)
+    assert sorted(p.name for p in removed) == ["model_2.pt", "model_4.pt"]
+    assert [u for u, _ in numbered_checkpoints(tmp_path)] == [6, 8]
+    assert (tmp_path / "model_last.pt").exists() and (tmp_path / "pretrained_model_1.pt").exists()
+
+
+def test_rotation_never_lets_a_newer_file_push_out_the_newest_valid(tmp_path: Path) -> None:
+    for update in (2, 4):
+        torch.save(_state(0.01, update), tmp_path / f"model_{update}.pt")
+    (tmp_path / "model_9.pt").write_bytes(b"not a checkpoint")  # newer name, not valid
+    rotate_numbered(tmp_path, 1, tmp_path / "model_4.pt", log=lambda _l: None)
+    assert (tmp_path / "model_4.pt").exists()
+    assert not (tmp_path / "model_2.pt").exists()
+
+
+def test_rotation_keep_all(tmp_path: Path) -> None:
+    for update in (1, 2, 3):
+        torch.save(_state(0.01, update), tmp_path / f"model_{update}.pt")
+    assert rotate_numbered(tmp_path, -1, tmp_path / "model_3.pt", log=lambda _l: None) == []
+    assert len(numbered_checkpoints(tmp_path)) == 3
