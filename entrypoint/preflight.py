@@ -140,6 +140,7 @@ def trainer_environment(
     plan: CpuPlan,
     outcome: CheckpointOutcome,
     report: Path,
+    gpus: int,
 ) -> dict[str, str]:
     """The process environment plus the .env values (the environment wins, as in Compose) plus the plan."""
     env = dict(loaded.file_values)
@@ -157,6 +158,9 @@ def trainer_environment(
             "PREFLIGHT_VERSION": __version__,
         }
     )
+    if loaded.settings.trainer_mode == "stock":
+        # F5-TTS's own CLI takes mixed precision from accelerate's environment, not from an option.
+        env["ACCELERATE_MIXED_PRECISION"] = loaded.settings.mixed_precision if gpus else "no"
     env.pop("ENV_FILE", None)  # the values are in the environment now; re-reading the file could disagree
     return env
 
@@ -226,7 +230,7 @@ def run_preflight(
     else:
         argv = build_trainer_argv(settings, processes=processes)
     report_path = settings.output_dir / REPORT_DIR_NAME / "report.json"
-    env = trainer_environment(loaded, environ, cpu, outcome, report_path)
+    env = trainer_environment(loaded, environ, cpu, outcome, report_path, gpu.count)
     return PreflightResult(
         loaded, "run" if apply else "check", cpu, gpu, processes, checks, outcome, argv, env, notes
     )
