@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 ENV_FILE ?= $(if $(wildcard .env),.env,.env.example)
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-trainer setup-test system-deps preflight demo test test-fast lint format bench \
+.PHONY: help setup setup-trainer setup-test system-deps preflight demo test test-fast lint format bench gpu-check \
         build train preflight-docker logs test-image host-check clean
 
 help:
@@ -65,6 +65,9 @@ format: setup-test
 
 bench: setup-test
 	$(PY) -m bench
+
+gpu-check: setup-trainer
+	$(PY) -m bench.gpu_check
 
 # --- container targets (Docker with the NVIDIA Container Toolkit; docs/proxmox.md) -------------------------
 # compose.yaml reads .env (copy .env.example); COMPOSE_FILE in .env selects compose.cpu.yaml or
