@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 ENV_FILE ?= $(if $(wildcard .env),.env,.env.example)
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-trainer setup-test system-deps preflight demo test test-fast lint format bench gpu-check \
+.PHONY: help setup setup-trainer setup-test system-deps preflight demo test test-fast lint format docs bench gpu-check \
         build train preflight-docker logs test-image host-check clean
 
 help:
@@ -58,6 +58,9 @@ lint: setup-test
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint docker/Dockerfile
 	$(PY) -m entrypoint.compose_check compose.yaml compose.cpu.yaml
+
+docs: setup
+	$(PY) scripts/update_docs.py
 
 format: setup-test
 	$(VENV)/bin/ruff format .

@@ -5,11 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
 from entrypoint import __version__
-from entrypoint.errors import EXIT_CHECK_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, PreflightError
+from entrypoint.errors import (
+    EXIT_CHECK_FAILED,
+    EXIT_CONFIG,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    PreflightError,
+)
 from entrypoint.redact import Redactor, secret_values
 
 
@@ -92,12 +100,13 @@ def _settings(args: argparse.Namespace) -> int:
         print(markdown_table() if args.markdown else env_example(), end="")
         return EXIT_OK
     loaded = load_settings(cli_env_file=args.env_file)
+    redact = Redactor(secret_values(os.environ, loaded.file_values))
     shown = loaded.settings.describe()
     width = max(len(name) for name in shown)
     for name, value in shown.items():
-        print(f"{name:<{width}}  {value:<40}  ({loaded.origins[name]})")
+        print(redact(f"{name:<{width}}  {value:<40}  ({loaded.origins[name]})"))
     for warning in loaded.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {redact(warning)}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -110,6 +119,10 @@ def _validate(args: argparse.Namespace) -> int:
     from entrypoint.presets import PRESETS, vocab_size_of
 
     expect = None
+    if args.vocab_file and not args.preset:
+        raise ConfigError(
+            "--vocab-file needs --preset: the vocabulary size is checked against a model preset."
+        )
     if args.preset:
         if args.preset not in PRESETS:
             raise ConfigError(
@@ -133,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(own_args)
     if command is not None and args.command != "run":
         parser.error("a command after -- is only accepted by `run`")
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.command in ("run", "check"):
             return _run_or_check(args, command)
@@ -140,11 +154,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args)
         return _settings(args)
     except PreflightError as error:
-        print(f"preflight: error: {error}", file=sys.stderr)
+        # A bad value may be a pasted secret: redact before printing, even before settings are loaded.
+        redact = Redactor(secret_values(os.environ, _raw_env_file_values(args)))
+        print(f"preflight: error: {redact(str(error))}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("preflight: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except _Terminated:
+        print(
+            "preflight: stopped by SIGTERM before the trainer started; nothing was left half-done",
+            file=sys.stderr,
+        )
+        return EXIT_TERMINATED
+
+
+class _Terminated(Exception):
+    """SIGTERM (docker stop) while the preflight itself runs."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _raw_env_file_values(args: argparse.Namespace) -> dict[str, str]:
+    """Best-effort raw values of the .env file, only to know which secrets to hide in an error message."""
+    from dotenv import dotenv_values
+
+    from entrypoint.settings import resolve_env_file
+
+    try:
+        env_file, _ = resolve_env_file(getattr(args, "env_file", None), os.environ)
+        if env_file is None or not env_file.is_file():
+            return {}
+        return {key: value or "" for key, value in dotenv_values(env_file).items()}
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ EXIT_CONFIG = 2  # a setting has a bad value, or the command line is wrong
 EXIT_CHECK_FAILED = 3  # a system or checkpoint check failed: training would not have worked
 EXIT_EXEC_FAILED = 4  # the trainer command could not be started (not found, not executable)
 EXIT_INTERRUPTED = 130  # Ctrl-C during the preflight itself
+EXIT_TERMINATED = 143  # SIGTERM (docker stop) during the preflight itself
 
 
 class PreflightError(Exception):

@@ -23,6 +23,7 @@ from entrypoint.checks.result import FAIL, OK, WARN, CheckResult, worst
 from entrypoint.checks.shm import check_shm
 from entrypoint.checks.writable import check_writable
 from entrypoint.cpu_plan import CpuPlan, plan_cpu
+from entrypoint.launch import trainer_problem
 from entrypoint.naming import REPORT_DIR_NAME
 from entrypoint.presets import PRESETS
 from entrypoint.probes.cpu import CpuFacts, probe_cpu
@@ -100,13 +101,32 @@ def _wait_for_inputs(settings: Settings) -> list[CheckResult]:
     return results
 
 
-def _cpu_check(plan: CpuPlan, facts: CpuFacts) -> CheckResult:
+STOCK_CLI_WORKERS = 16  # f5-tts_finetune-cli never passes num_workers, so Trainer.train's default applies
+
+
+def _cpu_check(plan: CpuPlan, facts: CpuFacts, stock: bool) -> CheckResult:
+    workers = STOCK_CLI_WORKERS if stock else plan.workers
     message = (
-        f"{plan.usable} usable CPU(s) [{plan.source}]; {plan.workers} DataLoader worker(s) per process "
-        f"x {plan.processes}; {plan.threads} thread(s) per process"
+        f"{plan.usable} usable CPU(s) [{plan.source}]; {workers} DataLoader worker(s) per process, "
+        f"{plan.processes} training process(es); {plan.threads} torch thread(s) per process"
     )
-    if plan.notes:
+    if plan.notes and not stock:
         message += " (" + "; ".join(plan.notes) + ")"
+    if stock and plan.workers < STOCK_CLI_WORKERS:
+        return CheckResult(
+            "cpu",
+            WARN,
+            message + f" (TRAINER_MODE=stock: F5-TTS's CLI always starts {STOCK_CLI_WORKERS} workers; "
+            f"the plan would be {plan.workers})",
+            "use TRAINER_MODE=safe, which applies the worker plan",
+        )
+    if any("oversubscribed" in note or "throttled" in note for note in plan.notes):
+        return CheckResult(
+            "cpu",
+            WARN,
+            message,
+            "lower DATALOADER_WORKERS / TORCH_THREADS / TRAIN_PROCESSES or raise CPU_LIMIT",
+        )
     if facts.notes:
         # A limit that could not be read may be a limit that is not honoured: say so, loudly.
         return CheckResult(
@@ -178,7 +198,10 @@ def run_preflight(
     if loaded.warnings:
         checks.append(
             CheckResult(
-                "settings", WARN, " ".join(loaded.warnings), "fix the variable names in the .env file"
+                "settings",
+                WARN,
+                " ".join(loaded.warnings),
+                "rename or remove the misspelt variable (in the .env file or the environment)",
             )
         )
     else:
@@ -198,12 +221,12 @@ def run_preflight(
         processes=processes,
         torch_threads=settings.torch_threads,
     )
-    checks.append(_cpu_check(cpu, cpu_facts))
+    stock = settings.trainer_mode == "stock"
+    checks.append(_cpu_check(cpu, cpu_facts, stock))
     checks.append(check_gpu(gpu, require=settings.require_gpu))
+    workers = STOCK_CLI_WORKERS if stock else cpu.workers
     checks.append(
-        check_shm(
-            probe_shm(), workers_total=cpu.workers * processes, per_worker_mb=settings.shm_per_worker_mb
-        )
+        check_shm(probe_shm(), workers_total=workers * processes, per_worker_mb=settings.shm_per_worker_mb)
     )
     limits = probe_limits()
     checks.append(check_ulimits(limits, gpus=gpu.count))
@@ -216,19 +239,29 @@ def run_preflight(
     dataset_result, vocab_size = check_dataset(settings.dataset_dir, vocab_path(settings))
     checks.append(dataset_result)
 
-    expect = Expectation(settings.model_preset, vocab_size) if settings.trainer_mode == "safe" else None
-    outcome = resolve_checkpoint(settings, apply=apply, expect=expect)
-    checks.append(CheckResult("checkpoint", outcome.status, outcome.message, outcome.fix))
-
-    notes: list[str] = []
-    if settings.trainer_mode == "stock":
-        notes += prepare_stock_layout(settings, apply=apply)
     if command:
         argv = list(command)
     elif settings.trainer_command:
         argv = shlex.split(settings.trainer_command)
     else:
         argv = build_trainer_argv(settings, processes=processes)
+    problem = trainer_problem(argv, {**environ})
+    if problem:
+        checks.append(
+            CheckResult("trainer", FAIL, problem, "install it or fix TRAINER_COMMAND / the command after --")
+        )
+    else:
+        checks.append(CheckResult("trainer", OK, f"{argv[0]} ({settings.trainer_mode} mode)"))
+
+    # `run` changes files (quarantine, install, links) only when it is going to start the trainer: after a
+    # failed check it reports what it would have done, as `check` does.
+    act = apply and worst(check.status for check in checks) != FAIL
+    expect = Expectation(settings.model_preset, vocab_size)
+    outcome = resolve_checkpoint(settings, apply=act, expect=expect)
+    checks.append(CheckResult("checkpoint", outcome.status, outcome.message, outcome.fix))
+    notes: list[str] = []
+    if stock:
+        notes += prepare_stock_layout(settings, apply=act and outcome.status != FAIL)
     report_path = settings.output_dir / REPORT_DIR_NAME / "report.json"
     env = trainer_environment(loaded, environ, cpu, outcome, report_path, gpu.count)
     return PreflightResult(

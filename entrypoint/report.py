@@ -85,6 +85,8 @@ def render_text(report: dict[str, Any]) -> str:
                 f"{item['path']}: {item['cause']}"
                 + (f" ({item['error']})" if item["error"] and item["error"] != "dry run" else "")
             )
+    for problem in report["checkpoint"]["problems"]:
+        lines.append(f"  checkpoint: {problem}")
     for note in report["notes"]:
         lines.append(f"  note: {note}")
     checkpoint = report["checkpoint"]

@@ -7,14 +7,17 @@ Everything else in the project receives a typed `Settings`, never `os.environ`.
 from __future__ import annotations
 
 import difflib
+import io
 import os
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 from entrypoint.errors import ConfigError
 
@@ -39,6 +42,8 @@ class Spec:
     optional: bool = False  # an empty value means "not set" (None)
     pattern: str = ""  # for str: a regular expression the whole value must match
     pattern_help: str = ""
+    non_empty: bool = False  # for list: at least one item
+    shell_words: bool = False  # for str: must split like a shell command line (shlex)
 
     def allowed(self) -> str:
         """Plain words for what this variable accepts, used in error messages and the README."""
@@ -51,7 +56,7 @@ class Spec:
         elif self.kind == "path":
             what = "a file system path"
         elif self.kind == "list":
-            what = "a comma-separated list"
+            what = "a comma-separated list" if not self.non_empty else "a non-empty comma-separated list"
             if self.choices:
                 what += " of " + ", ".join(self.choices)
         elif self.kind == "choice":
@@ -185,6 +190,14 @@ class Settings:
         "Where to look for the checkpoint to load, in order.",
         "checkpoints",
         choices=CHECKPOINT_SOURCE_NAMES,
+        non_empty=True,
+    )
+    prefer_newest: bool = _setting(
+        "bool",
+        "true",
+        "Load the valid training checkpoint with the highest update among the sources "
+        "(false: the first valid one in CHECKPOINT_SOURCES order).",
+        "checkpoints",
     )
     allow_scratch: bool = _setting(
         "bool",
@@ -211,7 +224,11 @@ class Settings:
         choices=("safe", "stock"),
     )
     trainer_command: str = _setting(
-        "str", "", "Command to exec instead of the built-in trainer (split like a shell would).", "trainer"
+        "str",
+        "",
+        "Command to exec instead of the built-in trainer (split like a shell would).",
+        "trainer",
+        shell_words=True,
     )
     train_processes: int | None = _setting(
         "int",
@@ -432,7 +449,7 @@ OTHER_KNOWN_NAMES = (
 )
 
 
-def parse_value(spec: Spec, raw: str, origin: str = "") -> Any:
+def parse_value(spec: Spec, raw: str, origin: str = "", base: Path | None = None) -> Any:
     """Parse one raw string into the spec's type, or raise ConfigError with a one-line message."""
     text = raw.strip()
 
@@ -440,7 +457,7 @@ def parse_value(spec: Spec, raw: str, origin: str = "") -> Any:
         where = f" (from {origin})" if origin else ""
         return ConfigError(f"{spec.name}={raw!r}{where} is not allowed: expected {spec.allowed()}.")
 
-    if text == "" and (spec.optional or spec.kind in ("list", "str")):
+    if text == "" and (spec.optional or spec.kind == "str" or (spec.kind == "list" and not spec.non_empty)):
         return None if spec.optional else ((), "")[spec.kind == "str"]
     if spec.kind == "int":
         try:
@@ -464,12 +481,15 @@ def parse_value(spec: Spec, raw: str, origin: str = "") -> Any:
     elif spec.kind == "path":
         if not text or "\x00" in text:
             raise bad()
-        return Path(os.path.abspath(os.path.expanduser(text)))
+        path = Path(os.path.expanduser(text))
+        return Path(os.path.abspath(base / path if base is not None else path))
     elif spec.kind == "list":
         items = tuple(item.strip() for item in text.split(",") if item.strip())
         if spec.choices and any(item not in spec.choices for item in items):
             raise bad()
         if spec.choices and len(set(items)) != len(items):
+            raise bad()
+        if spec.non_empty and not items:
             raise bad()
         return items
     elif spec.kind == "choice":
@@ -479,6 +499,14 @@ def parse_value(spec: Spec, raw: str, origin: str = "") -> Any:
     else:
         if spec.pattern and not re.fullmatch(spec.pattern, text):
             raise bad()
+        if spec.shell_words:
+            try:
+                shlex.split(text)
+            except ValueError as error:
+                where = f" (from {origin})" if origin else ""
+                raise ConfigError(
+                    f"{spec.name}={raw!r}{where} is not allowed: {error} (write it as a shell command line)."
+                ) from None
         return text
     if spec.minimum is not None and value < spec.minimum:
         raise bad()
@@ -508,6 +536,23 @@ def resolve_env_file(cli_env_file: str | None, environ: Mapping[str, str]) -> tu
     return (default if default.is_file() else None), False
 
 
+def _read_env_file(env_file: Path) -> dict[str, str]:
+    """KEY=value pairs of a .env file; a line python-dotenv cannot parse is an error, not a silent skip."""
+    try:
+        text = env_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read env file {str(env_file)!r}: {error}") from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            line = binding.original.string.strip()
+            raise ConfigError(
+                f"{env_file}:{binding.original.line}: cannot parse {line[:60]!r}",
+                "write KEY=value (quote values with spaces, close every quote; # starts a comment)",
+            )
+    raw_values = dotenv_values(stream=io.StringIO(text))
+    return {key: value or "" for key, value in raw_values.items()}
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None, cli_env_file: str | None = None
 ) -> LoadedSettings:
@@ -523,11 +568,7 @@ def load_settings(
                     "pass an existing file with --env-file or ENV_FILE, or copy .env.example to .env",
                 )
         else:
-            try:
-                raw_values = dotenv_values(env_file)
-            except (OSError, UnicodeDecodeError) as error:
-                raise ConfigError(f"cannot read env file {str(env_file)!r}: {error}") from None
-            file_values = {key: value or "" for key, value in raw_values.items()}
+            file_values = _read_env_file(env_file)
 
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
@@ -538,7 +579,10 @@ def load_settings(
             raw, origin = file_values[spec.name], str(env_file)
         else:
             raw, origin = spec.default, "default"
-        values[spec.name.lower()] = parse_value(spec, raw, "" if origin == "default" else origin)
+        # Paths written in the file are relative to the file's folder, as Compose reads them; paths from the
+        # environment and the defaults are relative to the working directory.
+        base = env_file.parent if env_file is not None and origin == str(env_file) else None
+        values[spec.name.lower()] = parse_value(spec, raw, "" if origin == "default" else origin, base)
         origins[spec.name] = origin
     settings = Settings(**values)
     warnings = _typo_warnings(file_values, environ, env_file)

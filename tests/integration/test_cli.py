@@ -175,9 +175,48 @@ def test_custom_secret_names_are_redacted(workspace: Path) -> None:
     assert value not in done.stdout + done.stderr
 
 
-def test_run_with_missing_command_exits_4(workspace: Path) -> None:
+def test_missing_trainer_fails_the_check_before_anything_changes(workspace: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    from tests.ckpt_factory import make_training_checkpoint, truncate
+
+    output = workspace / "output"
+    make_training_checkpoint(output / "model_last.pt", update=10, preset="tiny", vocab_size=3)
+    truncate(output / "model_last.pt", 1000)
     done = preflight(workspace, "run", *env_args(workspace), "--", "no-such-trainer-binary")
+    assert done.returncode == 3 and "'no-such-trainer-binary' not found on PATH" in done.stdout
+    assert "Traceback" not in done.stderr
+    assert (output / "model_last.pt").exists() and not list(output.glob("*.corrupted"))
+
+
+def test_exec_failure_after_the_checks_exits_4(workspace: Path) -> None:
+    broken = workspace / "trainer.sh"
+    broken.write_text("#!/nonexistent/interpreter\n")
+    broken.chmod(0o755)
+    done = preflight(workspace, "run", *env_args(workspace), "--", str(broken))
     assert done.returncode == 4 and "not found" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_trainer_that_is_a_folder(workspace: Path) -> None:
+    done = preflight(workspace, "check", *env_args(workspace), env={"TRAINER_COMMAND": str(workspace)})
+    assert done.returncode == 3 and "is a folder, not a program" in done.stdout
+
+
+def test_secret_in_a_bad_value_is_redacted_in_the_error(workspace: Path) -> None:
+    done = preflight(
+        workspace,
+        "check",
+        *env_args(workspace),
+        env={"HF_TOKEN": "hf_abcdef123456", "LEARNING_RATE": "hf_abcdef123456"},
+    )
+    assert done.returncode == 2 and "LEARNING_RATE='***'" in done.stderr
+    assert "hf_abcdef123456" not in done.stderr + done.stdout
+
+
+def test_settings_command_redacts_secrets_inside_values(workspace: Path) -> None:
+    done = preflight(
+        workspace, "settings", *env_args(workspace), env={"TRAINER_COMMAND": f"train --key {SECRET}"}
+    )
+    assert done.returncode == 0 and SECRET not in done.stdout and "train --key ***" in done.stdout
 
 
 def test_dash_dash_only_for_run(workspace: Path) -> None:

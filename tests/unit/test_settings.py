@@ -25,9 +25,11 @@ BAD_VALUES = [
     (
         "CHECKPOINT_SOURCES",
         "last,newest",
-        "expected a comma-separated list of last, numbered, backups, pretrained",
+        "expected a non-empty comma-separated list of last, numbered, backups, pretrained",
     ),
-    ("CHECKPOINT_SOURCES", "last,last", "expected a comma-separated list"),
+    ("CHECKPOINT_SOURCES", "last,last", "expected a non-empty comma-separated list"),
+    ("CHECKPOINT_SOURCES", "", "expected a non-empty comma-separated list"),
+    ("TRAINER_COMMAND", '"unclosed', "No closing quotation"),
     ("MODEL_PRESET", "F5TTS_v2_Base", "expected one of F5TTS_v1_Base, F5TTS_Base, E2TTS_Base, tiny"),
     ("GPU_COUNT", "some", "expected 'all' or a whole number >= 1"),
     ("SHM_SIZE", "lots", "expected a size such as 8gb"),
@@ -120,6 +122,29 @@ def test_list_and_path_parsing(tmp_path: Path) -> None:
     assert loaded.settings.checkpoint_sources == ("backups", "last")
     assert loaded.settings.pretrained_checkpoint == Path.home() / "m.pt"
     assert loaded.settings.gpu_device_ids == ("0", "2")
+
+
+def test_unparsable_env_file_line_is_an_error_with_file_and_line(tmp_path: Path) -> None:
+    env_file = tmp_path / "x.env"
+    env_file.write_text('SEED=1\nthis is garbage\nCPU_LIMIT="1.5\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings({}, cli_env_file=str(env_file))
+    assert f"{env_file}:2: cannot parse 'this is garbage'" in str(caught.value)
+    assert caught.value.exit_code == EXIT_CONFIG
+
+
+def test_relative_paths_in_the_file_are_relative_to_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / ".env").write_text("OUTPUT_DIR=data/out\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    loaded = load_settings({"LOG_DIR": "logs"}, cli_env_file=str(project / ".env"))
+    assert loaded.settings.output_dir == project / "data" / "out"
+    assert loaded.settings.log_dir == elsewhere / "logs"  # from the environment: the working directory
 
 
 def test_env_example_is_generated_from_the_settings() -> None:
