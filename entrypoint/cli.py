@@ -62,7 +62,7 @@ def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
 
 def _run_or_check(args: argparse.Namespace, command: list[str] | None) -> int:
     from entrypoint.launch import exec_trainer
-    from entrypoint.logfile import tee_output
+    from entrypoint.logfile import TEE_MARKER, tee_descriptors, tee_output
     from entrypoint.preflight import run_preflight
     from entrypoint.report import build_report, redact_tree, render_text, write_report
     from entrypoint.settings import load_settings
@@ -88,6 +88,8 @@ def _run_or_check(args: argparse.Namespace, command: list[str] | None) -> int:
     if result.status == "fail":
         return EXIT_CHECK_FAILED
     if apply:
+        if tee_descriptors(loaded.settings.log_dir, redact):
+            result.env[TEE_MARKER] = "1"
         exec_trainer(result.argv, result.env)
     return EXIT_OK
 

@@ -5,10 +5,14 @@ Users `tail -f` and `grep` it, so every line is written whole, flushed at once a
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
+import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 from entrypoint.naming import LOG_FILE_NAME
 from entrypoint.redact import Redactor
@@ -66,3 +70,88 @@ def tee_output(log_dir: Path, redact: Redactor) -> TextIO | None:
     sys.stdout = Tee(sys.stdout, log, redact)  # type: ignore[assignment]
     sys.stderr = Tee(sys.stderr, log, redact)  # type: ignore[assignment]
     return log
+
+
+TEE_MARKER = "PREFLIGHT_LOG_TEE"  # set for the exec'd program: its output already goes to the log file
+_CHUNK = 65536
+
+
+def _copy_streams(sources: dict[int, int], log: BinaryIO, redact: Redactor) -> None:
+    """Copy each pipe to its terminal descriptor and every complete line, redacted, to the log, until EOF.
+
+    Both sides are cut at line ends only ("\n", and "\r" for the terminal, where tqdm redraws its bar), so a
+    secret is never split between two writes and escapes the redactor.
+    """
+    terminal_pending = dict.fromkeys(sources, b"")
+    log_pending = dict.fromkeys(sources, b"")
+    open_pipes = set(sources)
+    while open_pipes:
+        ready, _, _ = select.select(list(open_pipes), [], [])
+        for pipe in ready:
+            chunk = os.read(pipe, _CHUNK)
+            if not chunk:
+                open_pipes.discard(pipe)
+                chunk = b"\n" if log_pending[pipe] else b""
+            data = terminal_pending[pipe] + chunk
+            cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+            if cut:
+                _write_all(sources[pipe], _redact_bytes(data[:cut], redact))
+            terminal_pending[pipe] = data[cut:]
+            *lines, log_pending[pipe] = (log_pending[pipe] + chunk).split(b"\n")
+            for line in lines:
+                # The log keeps only a line's final state, not each progress-bar redraw.
+                log.write(_redact_bytes(line.rsplit(b"\r", 1)[-1], redact) + b"\n")
+            if lines:
+                log.flush()
+
+
+def _redact_bytes(data: bytes, redact: Redactor) -> bytes:
+    return redact(data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    with contextlib.suppress(OSError):  # a closed terminal must not stop the copy into the log
+        while data:
+            data = data[os.write(descriptor, data) :]
+
+
+def tee_descriptors(log_dir: Path, redact: Redactor) -> bool:
+    """Route this process's stdout and stderr through a small copier process into the log file too.
+
+    Done right before exec, so the program that replaces us (any trainer command) is logged as well, while
+    it keeps our PID and receives the container's signals itself. The copier ignores SIGTERM/SIGINT and ends
+    when the program's output closes, so it never cuts the trainer's last lines. False when the log cannot
+    be opened (output then stays as it is).
+    """
+    try:
+        log = open(log_dir / LOG_FILE_NAME, "ab")  # noqa: SIM115 -- handed over to the copier process
+    except OSError:
+        return False
+    pipes = {1: os.pipe(), 2: os.pipe()}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.fork() == 0:
+        status = 0
+        try:
+            for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(number, signal.SIG_IGN)
+            for _, write_end in pipes.values():
+                os.close(write_end)
+            _copy_streams({read_end: target for target, (read_end, _) in pipes.items()}, log, redact)
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    log.close()
+    # From here the copier logs everything written to the descriptors: drop the Python-level tee so no line
+    # is logged twice.
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if isinstance(stream, Tee):
+            setattr(sys, name, stream._original)
+    for target, (read_end, write_end) in pipes.items():
+        os.dup2(write_end, target)
+        os.close(read_end)
+        os.close(write_end)
+    os.environ[TEE_MARKER] = "1"
+    return True

@@ -505,10 +505,11 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     except PreflightError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code if error.exit_code else EXIT_CONFIG
-    from entrypoint.logfile import tee_output
+    from entrypoint.logfile import TEE_MARKER, tee_output
     from entrypoint.redact import Redactor, secret_values
 
-    tee_output(settings.log_dir, Redactor(secret_values(environ)))
+    if environ.get(TEE_MARKER) != "1":  # started by `preflight run`, the output is logged already
+        tee_output(settings.log_dir, Redactor(secret_values(environ)))
     _offline_environment()
     try:
         return run(settings, plan)

@@ -232,3 +232,16 @@ def test_settings_command_lists_origins(workspace: Path) -> None:
         for line in done.stdout.splitlines()
     )
     assert SECRET not in done.stdout
+
+
+def test_the_exec_d_program_s_output_reaches_the_log_redacted(workspace: Path) -> None:
+    script = 'echo "trainer says hello"; echo "trainer warns" >&2; printf "bar 1\\rbar 2\\n"; echo "key=$WANDB_API_KEY"'
+    done = preflight(workspace, "run", *env_args(workspace), "--", "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    assert "trainer says hello" in done.stdout and "trainer warns" in done.stderr
+    assert "key=***" in done.stdout and SECRET not in done.stdout + done.stderr
+    log = (workspace / "logs" / "training.log").read_text()
+    assert "trainer says hello\n" in log and "trainer warns\n" in log and "key=***\n" in log
+    assert "\nbar 2\n" in log and "\nbar 1" not in log  # a progress bar's final state only
+    assert log.count("summary:") == 1  # the preflight's own lines are logged once
+    assert SECRET not in log
