@@ -42,7 +42,7 @@ def main() -> int:
         )
         for name in ("output", "backups", "logs", "dataset"):
             (root / name).mkdir()
-        (root / "dataset" / "raw.arrow").write_bytes(b"")
+        (root / "dataset" / "raw.arrow").write_bytes(b"arrow")
         (root / "dataset" / "duration.json").write_text('{"duration": []}')
         (root / "dataset" / "vocab.txt").write_text(" \na\n")
         env = {key: value for key, value in os.environ.items() if not key.startswith("PREFLIGHT_")}

@@ -19,6 +19,7 @@ from entrypoint.checks.dataset import check_dataset
 from entrypoint.checks.disk import check_disk
 from entrypoint.checks.gpu import check_gpu
 from entrypoint.checks.limits import check_init, check_ulimits
+from entrypoint.checks.logger import check_logger
 from entrypoint.checks.result import FAIL, OK, WARN, CheckResult, worst
 from entrypoint.checks.shm import check_shm
 from entrypoint.checks.writable import check_writable
@@ -238,6 +239,7 @@ def run_preflight(
     checks += _disk_checks(settings)
     dataset_result, vocab_size = check_dataset(settings.dataset_dir, vocab_path(settings))
     checks.append(dataset_result)
+    checks.append(check_logger(settings.logger, environ, loaded.file_values))
 
     if command:
         argv = list(command)

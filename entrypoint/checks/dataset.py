@@ -16,12 +16,21 @@ PREPARE_FIX = (
 
 def check_dataset(dataset_dir: Path, vocab_file: Path) -> tuple[CheckResult, int | None]:
     """The result and the vocabulary size (None when it could not be read)."""
+    if dataset_dir.exists() and not dataset_dir.is_dir():
+        return CheckResult(
+            "dataset", FAIL, f"DATASET_DIR {dataset_dir} is a file, not a folder", PREPARE_FIX
+        ), None
     if not dataset_dir.is_dir():
         return CheckResult("dataset", FAIL, f"DATASET_DIR {dataset_dir} does not exist", PREPARE_FIX), None
     missing = [name for name in REQUIRED_FILES if not (dataset_dir / name).is_file()]
     if missing:
         return CheckResult(
             "dataset", FAIL, f"DATASET_DIR {dataset_dir} has no {' or '.join(missing)}", PREPARE_FIX
+        ), None
+    empty = [name for name in REQUIRED_FILES if (dataset_dir / name).stat().st_size == 0]
+    if empty:
+        return CheckResult(
+            "dataset", FAIL, f"DATASET_DIR {dataset_dir}: {' and '.join(empty)} is empty", PREPARE_FIX
         ), None
     try:
         vocab_size = vocab_size_of(vocab_file.read_text(encoding="utf-8"))

@@ -479,7 +479,16 @@ def run(settings: Settings, plan: LaunchPlan) -> int:
 
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(settings)
-    trainer = build_trainer(settings, plan, model, stop)
+    try:
+        trainer = build_trainer(settings, plan, model, stop)
+    except Exception as error:
+        if settings.logger != "wandb" or not type(error).__module__.startswith("wandb"):
+            raise
+        # A rejected key or an unreachable server is a configuration problem: one line, no restart loop.
+        raise ConfigError(
+            f"wandb could not start ({type(error).__name__}: {str(error).splitlines()[0][:200]})",
+            "check WANDB_API_KEY and the network, or set LOGGER=tensorboard",
+        ) from None
     dataset = load_train_dataset(settings.dataset_dir, dict(MEL_SPEC_KWARGS))
     print(
         f"Training {settings.model_preset} on {len(dataset)} clips from {settings.dataset_dir}: "

@@ -16,6 +16,7 @@ import pytest
 from entrypoint.checks.dataset import check_dataset
 from entrypoint.checks.disk import check_disk
 from entrypoint.checks.limits import check_init, check_ulimits
+from entrypoint.checks.logger import check_logger
 from entrypoint.checks.result import FAIL, OK, WARN, worst
 from entrypoint.checks.shm import check_shm
 from entrypoint.checks.writable import check_writable
@@ -182,6 +183,23 @@ def test_dataset_check(tmp_path: Path) -> None:
     (tmp_path / "vocab.txt").write_text(" \na\nb\na\n")
     result, size = check_dataset(tmp_path, tmp_path / "vocab.txt")
     assert result.status == OK and size == 3
+
+
+def test_dataset_folder_that_is_a_file_or_empty_files(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    result, _ = check_dataset(tmp_path / "file", tmp_path / "vocab.txt")
+    assert result.status == FAIL and "is a file, not a folder" in result.message
+    (tmp_path / "raw.arrow").write_bytes(b"")
+    (tmp_path / "duration.json").write_text("{}")
+    result, _ = check_dataset(tmp_path, tmp_path / "vocab.txt")
+    assert result.status == FAIL and "raw.arrow is empty" in result.message
+
+
+def test_wandb_without_key_warns() -> None:
+    result = check_logger("wandb", {}, {})
+    assert result.status == WARN and "WANDB_API_KEY" in result.message and "LOGGER=tensorboard" in result.fix
+    assert check_logger("wandb", {}, {"WANDB_API_KEY": "k" * 40}).status == OK
+    assert check_logger("tensorboard", {}, {}).status == OK
 
 
 def test_wait_for_path(tmp_path: Path) -> None:
