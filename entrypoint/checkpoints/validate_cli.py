@@ -86,6 +86,8 @@ def format_line(verdict: Verdict) -> str:
         note = f"; {verdict.details['load']}"
     elif verdict.passed("integrity") and verdict.details.get("crc_recorded") is False:
         note = "; no CRCs recorded"
+    elif verdict.details.get("integrity"):
+        note = f"; integrity {verdict.details['integrity']}"
     return f"OK   {verdict.path}  {what}  ({', '.join(verdict.levels)}{note})"
 
 

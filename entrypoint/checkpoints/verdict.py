@@ -42,6 +42,7 @@ class Verdict:
             "format": self.format,
             "kind": self.kind,
             "update": self.update,
+            "levels": list(self.levels),
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -245,3 +245,8 @@ def test_the_exec_d_program_s_output_reaches_the_log_redacted(workspace: Path) -
     assert "\nbar 2\n" in log and "\nbar 1" not in log  # a progress bar's final state only
     assert log.count("summary:") == 1  # the preflight's own lines are logged once
     assert SECRET not in log
+
+
+def test_validate_vocab_file_needs_a_preset(workspace: Path) -> None:
+    done = preflight(workspace, "validate", "--vocab-file", str(workspace / "dataset" / "vocab.txt"), "x.pt")
+    assert done.returncode == 2 and "--vocab-file needs --preset" in done.stderr

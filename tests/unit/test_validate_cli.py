@@ -40,7 +40,10 @@ def test_one_line_per_file_and_exit_1_when_any_is_bad(
     assert lines[1] == (
         f"BAD  {paths[1]}  truncated: zip central directory missing ({size_mb:.1f} MB where siblings are 3.6 MB)"
     )
-    assert lines[2] == f"OK   {paths[2]}  pretrained  (structure, schema, integrity)"
+    assert lines[2] == (
+        f"OK   {paths[2]}  pretrained  (structure, schema; integrity not checked: "
+        "no pretrained_base.safetensors.sha256 sidecar)"
+    )
 
 
 def test_exit_0_when_all_are_valid(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -61,6 +64,7 @@ def test_json_is_a_list_of_verdicts(folder: Path, capsys: pytest.CaptureFixture[
             "format": "torch-zip",
             "kind": "training",
             "update": 1200,
+            "levels": ["structure", "schema"],
         },
         {
             "path": paths[1],
@@ -69,6 +73,7 @@ def test_json_is_a_list_of_verdicts(folder: Path, capsys: pytest.CaptureFixture[
             "format": "unknown",
             "kind": "unknown",
             "update": None,
+            "levels": [],
         },
     ]
 
