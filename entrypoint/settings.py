@@ -130,7 +130,7 @@ class Settings:
     cpu_reserve: int = _setting(
         "int",
         "1",
-        "CPUs kept free for the training process itself and the system.",
+        "CPUs not given to DataLoader workers (left to the training process and the system).",
         "cpu",
         minimum=0,
         maximum=256,

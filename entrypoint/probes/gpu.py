@@ -5,9 +5,11 @@ A missing tool, a hanging driver or garbage output is a fact to report, never a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Mapping
@@ -43,10 +45,18 @@ Runner = Callable[[list[str]], tuple[int, str, str]]
 
 
 def _run(argv: list[str]) -> tuple[int, str, str]:
-    completed = subprocess.run(
-        argv, capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_S, check=False
+    # Its own session, so a hung driver call and anything it started can be killed together.
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
-    return completed.returncode, completed.stdout, completed.stderr
+    try:
+        stdout, stderr = process.communicate(timeout=NVIDIA_SMI_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return process.returncode, stdout, stderr
 
 
 def parse_nvidia_smi_xml(text: str) -> tuple[list[GpuDevice], str | None, str | None]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from entrypoint.checks.gpu import check_gpu
 from entrypoint.checks.result import FAIL, OK, WARN
 from entrypoint.probes.gpu import probe_gpu
@@ -89,3 +91,27 @@ def test_real_probe_on_this_machine_does_not_crash() -> None:
     facts = probe_gpu()
     assert facts.count >= 0
     assert check_gpu(facts, require=False).status in (OK, WARN, FAIL)
+
+
+def test_hanging_nvidia_smi_is_killed_with_its_children(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import entrypoint.probes.gpu as gpu
+
+    pid_file = tmp_path / "child.pid"
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pid_file}\nwait\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(gpu, "NVIDIA_SMI_TIMEOUT_S", 1.0)
+    facts = probe_gpu({}, tmp_path, lambda name: str(fake))
+    assert "did not answer" in (facts.error or "")
+    assert not _is_running(int(pid_file.read_text()))
+
+
+def _is_running(pid: int) -> bool:
+    """Alive and not a zombie (a killed child of an exited parent may linger as one until reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
