@@ -51,7 +51,13 @@ def build_report(result: PreflightResult) -> dict[str, Any]:
             "problems": list(outcome.problems),
         },
         "quarantined": [
-            {"path": item.path, "moved_to": item.moved_to, "cause": item.cause, "error": item.error}
+            {
+                "path": item.path,
+                "moved_to": item.moved_to,
+                "cause": item.cause,
+                "error": item.error,
+                "superseded": item.superseded,
+            }
             for item in outcome.quarantined
         ],
         "trainer": {"argv": list(result.argv)},
@@ -78,7 +84,8 @@ def render_text(report: dict[str, Any]) -> str:
             lines.append(f"  {'':<4}  {'':<{width}}  fix: {check['fix']}")
     for item in report["quarantined"]:
         if item["moved_to"]:
-            lines.append(f"  quarantined {item['path']} -> {item['moved_to']}: {item['cause']}")
+            verb = "moved aside (valid, older)" if item["superseded"] else "quarantined"
+            lines.append(f"  {verb} {item['path']} -> {item['moved_to']}: {item['cause']}")
         else:
             lines.append(
                 f"  {'would quarantine' if item['error'] == 'dry run' else 'NOT quarantined'} "

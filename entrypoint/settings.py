@@ -196,7 +196,7 @@ class Settings:
         "bool",
         "true",
         "Load the valid training checkpoint with the highest update among the sources "
-        "(false: the first valid one in CHECKPOINT_SOURCES order).",
+        "(false: the first valid one in CHECKPOINT_SOURCES order; TRAINER_MODE=stock always keeps that order).",
         "checkpoints",
     )
     allow_scratch: bool = _setting(

@@ -7,8 +7,9 @@ Sources (CHECKPOINT_SOURCES, in the order given):
 - pretrained: PRETRAINED_CHECKPOINT, then OUTPUT_DIR/pretrained_* (the copy F5-TTS's stock CLI makes), by name
 
 An entry that cannot be a usable checkpoint (dangling or looping symlink, a directory, a FIFO, a file we may
-not read) is a Finding, not a candidate. Unfinished-save temp files (`.<final>.partial-<pid>-<hex>`) are
-listed separately: whether one is stale or the newest data is decided after validation (see select.py).
+not read, an OUTPUT_DIR or BACKUP_DIR that exists but cannot be listed) is a Finding, not a candidate.
+Unfinished-save temp files (`.<final>.partial-<pid>-<hex>`) are listed separately: whether one is stale or
+the newest data is decided after validation (see select.py).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def _classify(path: Path, source: str, movable: bool, update_hint: int | None) -
                 path,
                 source,
                 "dangling-link",
-                f"{path} is a symlink to {link_target}, which does not exist",
+                f"{path} is a dangling symlink to {link_target} (which does not exist)",
                 movable,
             )
         except OSError as error:
@@ -103,9 +104,11 @@ def _classify(path: Path, source: str, movable: bool, update_hint: int | None) -
     else:
         info = own
     if stat.S_ISDIR(info.st_mode):
-        return Finding(path, source, "directory", f"{path} is a directory, not a checkpoint file", movable)
+        return Finding(path, source, "directory", f"{path} is a folder, not a file", movable)
     if not stat.S_ISREG(info.st_mode):
-        return Finding(path, source, "not-a-file", f"{path} is not a regular file", movable)
+        return Finding(
+            path, source, "not-a-file", f"{path} is not a regular file (a device, FIFO or socket)", movable
+        )
     try:
         with open(path, "rb"):
             pass
@@ -115,6 +118,20 @@ def _classify(path: Path, source: str, movable: bool, update_hint: int | None) -
     except OSError as error:
         return Finding(path, source, "unreadable", f"{path} cannot be read ({error.strerror})", False)
     return Candidate(path, source, info.st_size, update_hint, link_target, movable)
+
+
+def _unlistable(folder: Path | None, source: str) -> list[Finding]:
+    """A folder that exists but cannot be listed hides every checkpoint in it: never read as "empty"."""
+    if folder is None:
+        return []
+    try:
+        os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as error:
+        detail = f"{folder} cannot be listed ({error.strerror}): the checkpoints in it cannot be seen"
+        return [Finding(folder, source, "unreadable", detail, False)]
+    return []
 
 
 def _numbered_names(folder: Path) -> list[tuple[int, str]]:
@@ -172,6 +189,10 @@ def discover(
     """
     items: list[Candidate | Finding] = []
     temps: list[TempFile] = []
+    if {"last", "numbered"} & set(sources):
+        items += _unlistable(output_dir, "numbered" if "numbered" in sources else "last")
+    if "backups" in sources:
+        items += _unlistable(backup_dir, "backups")
     for source in sources:
         if source == "last":
             path = output_dir / naming.LAST_NAME

@@ -2,6 +2,10 @@
 
 `resolve_checkpoint(settings, apply=False)` (`preflight check`) changes nothing: no quarantine, no install,
 no temp removal, no cache write; it reports what a run would do. `apply=True` (`preflight run`) does it.
+
+The outcome fails (nothing moved, nothing removed) when a candidate blocks the choice: an intact checkpoint
+for another model (MODEL_PRESET / VOCAB_FILE is wrong, not the file) or a file that cannot be read (it may
+hold the newest progress). See select.py for how the choice is made.
 """
 
 from __future__ import annotations
@@ -18,8 +22,12 @@ from entrypoint.checkpoints.f5_rule import f5_choice
 from entrypoint.checkpoints.install import install_stock
 from entrypoint.checkpoints.quarantine import quarantine, rename_no_replace
 from entrypoint.checkpoints.select import (
+    BLOCK_COMPATIBILITY,
+    TRAINING_SOURCES,
+    Choice,
     Rejection,
     TempDecision,
+    blocking_kind,
     choose,
     judge_temps,
     merge_temps,
@@ -33,6 +41,7 @@ if TYPE_CHECKING:
     from entrypoint.checkpoints.validate import Expectation
 
 MOVABLE_PROBLEMS = ("dangling-link", "link-loop", "directory", "not-a-file")
+SUPERSEDED_LEVEL = "superseded"  # the failed_level of a valid file renamed aside for a newer complete save
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,8 @@ class QuarantineRecord:
     moved_to: str | None
     cause: str
     error: str | None = None  # why it could not be moved ("dry run" in check mode)
+    blame: str = ""  # the setting whose folder refused the move: "QUARANTINE_DIR" or the file's folder
+    superseded: bool = False  # a valid file moved aside for a newer complete save, not a bad one
 
 
 @dataclass(frozen=True)
@@ -70,16 +81,31 @@ class _Run:
         self.gone: set[Path] = set()  # entries moved away (or that would be, in a dry run)
         self.added: set[Path] = set()  # entries created (or that would be)
 
-    def move_away(self, path: Path, cause: str, level: str, details: dict[str, Any] | None = None) -> None:
+    def move_away(self, path: Path, cause: str, level: str, details: dict[str, Any] | None = None) -> bool:
+        """Quarantine `path`; True when it was moved (or, in a dry run, would be)."""
         result = quarantine(
             path, cause, level, quarantine_dir=self.settings.quarantine_dir, apply=self.apply, details=details
         )
         moved = str(result.moved_to) if result.moved_to is not None else None
-        self.quarantined.append(QuarantineRecord(str(path), moved, cause, result.error))
-        if result.note:
+        blame = ""
+        if result.error and result.error != "dry run":
+            blame = "QUARANTINE_DIR" if result.into_quarantine_dir else self._folder_setting(path)
+        self.quarantined.append(
+            QuarantineRecord(
+                str(path), moved, cause, result.error, blame, superseded=level == SUPERSEDED_LEVEL
+            )
+        )
+        if result.note and result.note not in self.problems:
             self.problems.append(result.note)
         if result.moved_to is not None or result.error == "dry run":
             self.gone.add(path)
+            return True
+        return False
+
+    def _folder_setting(self, path: Path) -> str:
+        if self.settings.backup_dir is not None and path.parent == self.settings.backup_dir:
+            return "BACKUP_DIR"
+        return "OUTPUT_DIR"
 
     def remove_temp(self, decision: TempDecision) -> None:
         path = decision.temp.path
@@ -148,14 +174,18 @@ def resolve_checkpoint(
         settings.pretrained_checkpoint,
         folder_copy_first=stock,
     )
-    _handle_findings(run, found.findings)
+    unreadable = [f for f in found.findings if f.problem == "unreadable" and f.source in TRAINING_SOURCES]
+    if unreadable:
+        return _unreadable(run, unreadable[0].path, unreadable[0].detail)
     decisions = judge_temps(found.temps, check, found.candidates)
-    for decision in decisions:
-        if decision.action == "remove":
-            run.remove_temp(decision)
-        elif decision.action == "keep":
-            run.problems.append(f"left {decision.temp.path} alone: {decision.reason}")
     candidates = merge_temps(found.candidates, decisions, settings.checkpoint_sources)
+    prefer_newest = settings.prefer_newest and not stock
+    strict_reason = ""
+    if settings.prefer_newest and stock:
+        strict_reason = (
+            "TRAINER_MODE=stock keeps that order: F5-TTS loads model_last.pt whenever it exists; "
+            "use TRAINER_MODE=safe to load the newest"
+        )
 
     def on_reject(rejection: Rejection) -> None:
         candidate, verdict = rejection.candidate, rejection.verdict
@@ -168,7 +198,23 @@ def resolve_checkpoint(
         else:
             run.problems.append(f"{candidate.path} is not valid ({verdict.cause}); not moved: it is not ours")
 
-    choice = choose(candidates, check, deep=final_levels, on_reject=on_reject)
+    choice = choose(
+        candidates,
+        check,
+        deep=final_levels,
+        prefer_newest=prefer_newest,
+        strict_reason=strict_reason,
+        on_reject=on_reject,
+    )
+    if choice.blocker is not None:
+        # Nothing is moved or removed: the files are not damaged, the configuration or permissions are.
+        return _blocked(run, settings, expect, choice, decisions)
+    _handle_findings(run, found.findings)
+    for decision in decisions:
+        if decision.action == "remove" and decision.temp.path not in run.gone:
+            run.remove_temp(decision)
+        elif decision.action == "keep":
+            run.problems.append(f"left {decision.temp.path} alone: {decision.reason}")
     run.problems += choice.notes
     for decision in settle_unused_temps(decisions, choice):
         if decision.action == "remove" and decision.temp.path not in run.gone:
@@ -179,13 +225,17 @@ def resolve_checkpoint(
             run.problems.append(f"left {decision.temp.path} alone: {decision.reason}")
     rejected = tuple(r.verdict for r in choice.rejected)
 
+    pretrained_unreadable = [f for f in found.findings if f.problem == "unreadable"]
+    if pretrained_unreadable and (choice.verdict is None or choice.verdict.kind != KIND_TRAINING):
+        _save_cache(run, cache)
+        return _unreadable(run, pretrained_unreadable[0].path, pretrained_unreadable[0].detail)
     if choice.candidate is None or choice.verdict is None:
         _save_cache(run, cache)
         return _nothing_valid(run, settings, found, rejected)
 
     load_path = choice.candidate.path
     if choice.candidate.promote_to is not None:
-        load_path = _promote(run, choice.candidate)
+        load_path = _promote(run, choice.candidate, choice.verdict)
 
     if stock:
         _clear_stock_folder(run, settings, candidates, choice.candidate, load_path, check)
@@ -233,6 +283,62 @@ def resolve_checkpoint(
     return _chosen_outcome(run, choice.verdict, choice.candidate, load_path, rejected)
 
 
+def _blocked(
+    run: _Run,
+    settings: Settings,
+    expect: Expectation | None,
+    choice: Choice,
+    decisions: tuple[TempDecision, ...],
+) -> CheckpointOutcome:
+    blocker = choice.blocker
+    assert blocker is not None
+    path, verdict = blocker.candidate.path, blocker.verdict
+    for decision in decisions:
+        if decision.action == "keep":
+            run.problems.append(f"left {decision.temp.path} alone: {decision.reason}")
+    if blocking_kind(verdict) != BLOCK_COMPATIBILITY:
+        return _unreadable(run, path, f"{path}: {verdict.cause}")
+    where = {
+        "last": "OUTPUT_DIR",
+        "numbered": "OUTPUT_DIR",
+        "backups": "BACKUP_DIR",
+        "pretrained": "PRETRAINED_CHECKPOINT",
+    }.get(blocker.candidate.source, "OUTPUT_DIR")
+    preset = expect.preset if expect is not None else settings.model_preset
+    vocabulary = (
+        f"vocabulary {expect.vocab_size} symbols"
+        if expect is not None and expect.vocab_size is not None
+        else "vocabulary size unknown"
+    )
+    what = "checkpoints in OUTPUT_DIR are" if where == "OUTPUT_DIR" else f"the checkpoint in {where} is"
+    if where == "BACKUP_DIR":
+        what = "checkpoints in BACKUP_DIR are"
+    return _outcome(
+        run,
+        None,
+        None,
+        None,
+        tuple(r.verdict for r in choice.rejected),
+        "fail",
+        f"{what} for a different model: {path.name}: {verdict.cause}; MODEL_PRESET={preset}, {vocabulary}",
+        "set MODEL_PRESET (and VOCAB_FILE) to what these checkpoints were trained with; "
+        f"to start over instead, move them out of {where} (nothing was moved)",
+    )
+
+
+def _unreadable(run: _Run, path: Path, detail: str) -> CheckpointOutcome:
+    return _outcome(
+        run,
+        None,
+        None,
+        None,
+        (),
+        "fail",
+        f"{detail}; it may hold the newest training progress, which the next save would replace",
+        f"make {path} readable by uid {os.getuid()} (chown/chmod), or move it away if it is not needed",
+    )
+
+
 def _note_write_through(run: _Run, load_path: Path) -> None:
     """F5-TTS's stock trainer rewrites model_last.pt in place: through a link, into another file."""
     if load_path.name != LAST_NAME:
@@ -274,13 +380,25 @@ def _handle_findings(run: _Run, findings: tuple[Finding, ...]) -> None:
             run.problems.append(finding.detail)
 
 
-def _promote(run: _Run, candidate: Candidate) -> Path:
-    """Finish the interrupted save: rename the complete temp file to its final name, if that name is free."""
+def _promote(run: _Run, candidate: Candidate, verdict: Verdict) -> Path:
+    """Finish the interrupted save: rename the complete temp file to its final name.
+
+    A file already under that name was chosen against (invalid, or an older update): when it is still there
+    it is renamed aside (never deleted), with a reason file, before the temp file takes the name.
+    """
     final = candidate.promote_to
     assert final is not None
     if os.path.lexists(final) and final not in run.gone:
-        run.problems.append(f"using {candidate.path} as is: {final.name} exists and is not ours to replace")
-        return candidate.path
+        cause = (
+            f"superseded by a newer complete save: {candidate.path.name} holds update {verdict.update}; "
+            "this file is intact and older, kept here in case it is wanted"
+        )
+        if not run.move_away(final, cause, SUPERSEDED_LEVEL):
+            run.problems.append(
+                f"using {candidate.path} as is: {final.name} exists and could not be moved aside"
+            )
+            return candidate.path
+        run.problems.append(f"{'would move' if not run.apply else 'moved'} {final} aside: {cause}")
     if not run.apply:
         run.problems.append(
             f"would rename {candidate.path} to {final} (a complete save that was not renamed)"
@@ -324,7 +442,10 @@ def _clear_stock_folder(
             if candidate is None or candidate is chosen or not os.path.isfile(path):
                 continue
             verdict = check(path, False, chosen.size)
-            if not verdict.valid:
+            if blocking_kind(verdict) is not None:
+                # Not damage (another model, or unreadable): never quarantined.
+                run.problems.append(f"{path} was left in place: {verdict.cause}")
+            elif not verdict.valid:
                 run.move_away(path, verdict.cause, _failed_level(verdict, "quick"), verdict.details)
 
 
@@ -410,20 +531,30 @@ def _chosen_outcome(
     if load_path != candidate.path:
         message += f", placed from {candidate.path}"
     failed_moves = [q for q in run.quarantined if q.error and q.error != "dry run"]
-    if rejected:
-        message += f"; {len(rejected)} invalid checkpoint(s) skipped"
+    invalid = {v.path for v in rejected} | {q.path for q in run.quarantined if not q.superseded}
+    if invalid:
+        message += f"; {len(invalid)} invalid checkpoint(s) skipped"
+    superseded = [q for q in run.quarantined if q.superseded and q.error in (None, "dry run")]
+    if superseded:
+        verb = "moved" if run.apply else "would move"
+        message += f"; {verb} {len(superseded)} older valid checkpoint(s) aside (superseded, kept)"
     if failed_moves:
         message += f"; {len(failed_moves)} could not be quarantined ({failed_moves[0].error})"
     status = "warn" if rejected or run.quarantined or run.problems else "ok"
+    bad_moves = [q for q in run.quarantined if not q.superseded]
     fix = ""
     if failed_moves:
-        fix = "make OUTPUT_DIR/BACKUP_DIR writable so bad files can be quarantined"
+        culprits = sorted({q.blame or "OUTPUT_DIR" for q in failed_moves})
+        named = " and ".join(_folder_named(run.settings, name) for name in culprits)
+        fix = f"make {named} writable so bad files can be quarantined"
     elif run.quarantined and all(q.error == "dry run" for q in run.quarantined):
         fix = "`preflight run` will quarantine the invalid file(s) listed below; nothing is deleted"
-    elif run.quarantined:
+    elif bad_moves:
         fix = (
             "see the .corrupted.json files for causes; delete quarantined files once you no longer need them"
         )
+    elif superseded:
+        fix = "the older checkpoint moved aside is intact (see its .corrupted.json); nothing was deleted"
     elif status == "warn":
         fix = "see the problems listed in the report"
     return _outcome(
@@ -438,6 +569,15 @@ def _chosen_outcome(
         kind="training" if training else "pretrained",
         update=verdict.update if training else 0,
     )
+
+
+def _folder_named(settings: Settings, setting: str) -> str:
+    folder = {
+        "QUARANTINE_DIR": settings.quarantine_dir,
+        "BACKUP_DIR": settings.backup_dir,
+        "OUTPUT_DIR": settings.output_dir,
+    }.get(setting)
+    return f"{setting} ({folder})" if folder is not None else setting
 
 
 def _outcome(

@@ -13,6 +13,7 @@ import ctypes
 import errno
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ class QuarantineResult:
     reason_file: Path | None
     note: str = ""  # e.g. QUARANTINE_DIR was on another file system, so renamed in place
     error: str | None = None  # why it could not be moved
+    into_quarantine_dir: bool = False  # the move was (or would be) into QUARANTINE_DIR, not in place
 
 
 def _libc_renameat2() -> Any:
@@ -70,16 +72,21 @@ def quarantine_destination(path: Path, quarantine_dir: Path | None) -> tuple[Pat
         return path.parent, ""
     try:
         here = path.lstat().st_dev
-        there = quarantine_dir.stat().st_dev
+        there = quarantine_dir.stat()
+    except FileNotFoundError:
+        return path.parent, f"QUARANTINE_DIR {quarantine_dir} does not exist; {path.name} renamed in place"
     except OSError as error:
         return (
             path.parent,
-            f"QUARANTINE_DIR {quarantine_dir} is unusable ({error.strerror}); renamed in place",
+            f"QUARANTINE_DIR {quarantine_dir} is unusable ({error.strerror}); {path.name} renamed in place",
         )
-    if here != there:
+    if not stat.S_ISDIR(there.st_mode):
+        return path.parent, f"QUARANTINE_DIR {quarantine_dir} is not a folder; {path.name} renamed in place"
+    if here != there.st_dev:
         return (
             path.parent,
-            f"QUARANTINE_DIR {quarantine_dir} is on another file system (moving would copy); renamed in place",
+            f"QUARANTINE_DIR {quarantine_dir} is on another file system than {path.parent} (moving would "
+            f"copy); {path.name} renamed in place",
         )
     return quarantine_dir, ""
 
@@ -125,13 +132,14 @@ def quarantine(
     permissions) are returned, not raised: the caller decides whether the run can go on.
     """
     folder, note = quarantine_destination(path, quarantine_dir)
+    into = folder != path.parent
     try:
         facts = _stat_fields(path)
         destination = free_name(folder, path.name)
     except OSError as error:
-        return QuarantineResult(path, None, None, note, error.strerror or str(error))
+        return QuarantineResult(path, None, None, note, error.strerror or str(error), into)
     if not apply:
-        return QuarantineResult(path, None, None, note, "dry run")
+        return QuarantineResult(path, None, None, note, "dry run", into)
     reason_path = destination.with_name(destination.name + naming.REASON_SUFFIX)
     record = {
         "file": str(path),
@@ -147,7 +155,7 @@ def quarantine(
     try:
         rename_no_replace(path, destination)
     except OSError as error:
-        return QuarantineResult(path, None, None, note, _describe(error))
+        return QuarantineResult(path, None, None, note, _describe(error), into)
     try:
         _write_new(reason_path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
         _fsync_dir(destination.parent)
@@ -155,8 +163,10 @@ def quarantine(
             _fsync_dir(path.parent)
     except OSError as error:
         # The file is already out of the way, which is what matters; say the reason file is missing.
-        return QuarantineResult(path, destination, None, note, f"reason file not written: {_describe(error)}")
-    return QuarantineResult(path, destination, reason_path, note)
+        return QuarantineResult(
+            path, destination, None, note, f"reason file not written: {_describe(error)}", into
+        )
+    return QuarantineResult(path, destination, reason_path, note, None, into)
 
 
 def _describe(error: OSError) -> str:

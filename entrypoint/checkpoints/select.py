@@ -1,4 +1,19 @@
-"""The choice: the first candidate, in priority order, that passes validation.
+"""The choice: the newest valid training checkpoint (PREFER_NEWEST), or the first valid one in priority order.
+
+PREFER_NEWEST=true (the default): every training candidate (model_last.pt, numbered, backups, complete
+unfinished-save temp files) gets the quick levels; those that pass are deep-validated in order of update,
+highest first, ties broken by CHECKPOINT_SOURCES order; the first that passes wins. Pretrained weights are
+tried (in order) only when no training candidate is valid. PREFER_NEWEST=false: the strict CHECKPOINT_SOURCES
+order below. TRAINER_MODE=stock always uses the strict order: F5-TTS's own rule loads model_last.pt whenever
+that name exists, so honouring a newer numbered file would mean renaming a valid model_last.pt away behind
+the user's back; instead the choice notes that a newer checkpoint exists (a warning).
+
+Two verdicts stop the choice instead of moving on (a `Choice` with `blocker` set, nothing chosen):
+- a compatibility failure (an intact file whose tensor shapes do not fit MODEL_PRESET / the vocabulary) is a
+  configuration problem, not damage: never quarantined, and never passed over for an older file, pretrained
+  weights or scratch (with PREFER_NEWEST, an incompatible file older than the winner is only noted);
+- a file that cannot be read (permission denied, an I/O error) may be the newest progress, which the
+  trainer's next save would replace: the run must stop until it is readable or moved away.
 
 Every candidate gets the quick levels (structure + schema: a few MB read); only the one that passes them gets
 the deep level (every CRC32) before it is used. If it fails deep, it is rejected and the next candidate is
@@ -7,10 +22,14 @@ the winner plus a few MB per damaged file.
 
 Unfinished-save temp files (`.<final>.partial-<pid>-<hex>`) are decided here too. The trainer writes a temp
 file, fsyncs it and renames it to its final name, so the rename is the commit:
-- a temp file that fails validation was cut off mid-write: it is removable;
+- a temp file that fails validation was cut off mid-write: it is removable (not when it only fails
+  compatibility or cannot be read: then it is a candidate, and stops the choice like any other);
 - a complete temp file can only come from a crash between fsync and rename. It is a candidate placed right
-  after its final name: when the final name is missing or bad, it is the newest data and is used (and, in
-  a real run, renamed to its final name, which is what the trainer was about to do);
+  after its final name: when the final name is missing or bad, or (PREFER_NEWEST) holds an older update, it
+  is the newest data and is used (and, in a real run, renamed to its final name, which is what the trainer
+  was about to do). A valid but older file under that final name is never deleted or overwritten: it is
+  renamed aside like a quarantined file (`<name>.corrupted`, bytes untouched) with a reason file saying
+  "superseded by a newer complete save", then the temp file takes its name;
 - a complete temp file that was not used is removable only when the checkpoint chosen holds at least its
   update; otherwise it is kept (it may be the newest data) and reported;
 - a temp file whose process is still alive is left alone (it may still be written).
@@ -30,6 +49,9 @@ from entrypoint.checkpoints.verdict import Verdict
 # check(path, final, reference_size) -> Verdict; final: the deeper levels for a file about to be used
 Check = Callable[[Path, bool, "int | None"], Verdict]
 TRAINING_SOURCES = ("last", "numbered", "backups")
+BLOCK_COMPATIBILITY = "compatibility"
+BLOCK_UNREADABLE = "unreadable"
+UNREADABLE_PREFIX = "cannot read the file"  # validate.py's cause when opening or reading fails
 
 
 @dataclass(frozen=True)
@@ -45,6 +67,18 @@ class Choice:
     verdict: Verdict | None
     rejected: tuple[Rejection, ...]
     notes: tuple[str, ...] = ()
+    blocker: Rejection | None = None  # an incompatible or unreadable file that stops the choice
+
+
+def blocking_kind(verdict: Verdict) -> str | None:
+    """ "compatibility" / "unreadable" for a verdict that must stop the choice; None for valid or damaged."""
+    if verdict.valid:
+        return None
+    if verdict.details.get("failed_level") == BLOCK_COMPATIBILITY:
+        return BLOCK_COMPATIBILITY
+    if verdict.cause.startswith(UNREADABLE_PREFIX):
+        return BLOCK_UNREADABLE
+    return None
 
 
 @dataclass(frozen=True)
@@ -98,7 +132,8 @@ def judge_temps(
             continue
         reference = next((c.size for c in candidates if c.path == temp.final), None)
         verdict = check(temp.path, False, reference)
-        if verdict.valid:
+        if verdict.valid or blocking_kind(verdict) is not None:
+            # Complete (or not ours to judge): never removed; the choice decides.
             decisions.append(TempDecision(temp, "candidate", "a complete save that was not renamed", verdict))
         else:
             decisions.append(TempDecision(temp, "remove", f"an unfinished save ({verdict.cause})", verdict))
@@ -153,28 +188,107 @@ def choose(
     *,
     deep: bool,
     on_reject: Callable[[Rejection], None] | None = None,
+    prefer_newest: bool = False,
+    strict_reason: str = "",
 ) -> Choice:
-    """The first candidate passing the quick levels and then (if `deep`) the deep level."""
+    """The winner (see the module docstring); `on_reject` is called for each rejected file unless blocked.
+
+    strict_reason: why the strict order is used although PREFER_NEWEST is on (said in the note about a newer
+    checkpoint); empty when the strict order was asked for.
+    """
+    if prefer_newest:
+        choice = _choose_newest(candidates, check, deep=deep)
+    else:
+        choice = _choose_in_order(candidates, check, deep=deep, strict_reason=strict_reason)
+    if choice.blocker is None and on_reject is not None:
+        for rejection in choice.rejected:
+            on_reject(rejection)
+    return choice
+
+
+def _choose_in_order(
+    candidates: Sequence[Candidate], check: Check, *, deep: bool, strict_reason: str = ""
+) -> Choice:
     rejected: list[Rejection] = []
     for candidate in candidates:
-        reference = reference_size(candidate, candidates)
-        verdict = check(candidate.path, False, reference)
-        level = "quick"
-        if verdict.valid and deep:
-            verdict = check(candidate.path, True, reference)
-            level = "deep"
+        verdict, level = _validate(candidate, candidates, check, deep)
         if verdict.valid:
-            return Choice(
-                candidate, verdict, tuple(rejected), tuple(_newer_elsewhere(candidate, verdict, candidates))
-            )
+            notes = _newer_elsewhere(candidate, verdict, candidates, strict_reason)
+            return Choice(candidate, verdict, tuple(rejected), tuple(notes))
         rejection = Rejection(candidate, verdict, level)
+        if blocking_kind(verdict) is not None:
+            return Choice(None, None, tuple(rejected), blocker=rejection)
         rejected.append(rejection)
-        if on_reject is not None:
-            on_reject(rejection)
     return Choice(None, None, tuple(rejected))
 
 
-def _newer_elsewhere(chosen: Candidate, verdict: Verdict, candidates: Sequence[Candidate]) -> list[str]:
+def _validate(
+    candidate: Candidate, candidates: Sequence[Candidate], check: Check, deep: bool
+) -> tuple[Verdict, str]:
+    reference = reference_size(candidate, candidates)
+    verdict = check(candidate.path, False, reference)
+    if verdict.valid and deep:
+        return check(candidate.path, True, reference), "deep"
+    return verdict, "quick"
+
+
+def _choose_newest(candidates: Sequence[Candidate], check: Check, *, deep: bool) -> Choice:
+    """Quick levels for every training candidate, then the deep level by update, highest first."""
+    training = [c for c in candidates if c.source in TRAINING_SOURCES]
+    rejected: list[Rejection] = []
+    passed: list[tuple[int, Candidate, Verdict]] = []  # (position, candidate, quick verdict)
+    incompatible: list[tuple[int, Rejection]] = []
+    for position, candidate in enumerate(training):
+        verdict = check(candidate.path, False, reference_size(candidate, candidates))
+        kind = blocking_kind(verdict)
+        if verdict.valid:
+            passed.append((position, candidate, verdict))
+        elif kind == BLOCK_UNREADABLE:
+            # Its update is unknown: it may be the newest progress.
+            return Choice(None, None, tuple(rejected), blocker=Rejection(candidate, verdict, "quick"))
+        elif kind == BLOCK_COMPATIBILITY:
+            incompatible.append((position, Rejection(candidate, verdict, "quick")))
+        else:
+            rejected.append(Rejection(candidate, verdict, "quick"))
+    # Highest update first; at an equal update the earlier in CHECKPOINT_SOURCES order (the list's order).
+    ranked: list[tuple[int, int, Candidate | Rejection, Verdict]] = [
+        (-_update_of(v), p, c, v) for p, c, v in passed
+    ] + [(-_update_of(r.verdict), p, r, r.verdict) for p, r in incompatible]
+    ranked.sort(key=lambda item: (item[0], item[1]))
+    for _rank, _position, entry, quick in ranked:
+        if isinstance(entry, Rejection):
+            return Choice(None, None, tuple(rejected), blocker=entry)
+        verdict = quick
+        if deep:
+            verdict = check(entry.path, True, reference_size(entry, candidates))
+        if verdict.valid:
+            notes = [
+                f"{r.candidate.path} is for a different model ({r.verdict.cause}); left in place"
+                for _p, r in incompatible
+            ]
+            return Choice(entry, verdict, _in_order(rejected, candidates), tuple(notes))
+        rejection = Rejection(entry, verdict, "deep")
+        if blocking_kind(verdict) is not None:
+            return Choice(None, None, _in_order(rejected, candidates), blocker=rejection)
+        rejected.append(rejection)
+    rest = [c for c in candidates if c.source not in TRAINING_SOURCES]
+    fallback = _choose_in_order(rest, check, deep=deep) if rest else Choice(None, None, ())
+    return replace(fallback, rejected=_in_order(rejected, candidates) + fallback.rejected)
+
+
+def _in_order(rejected: list[Rejection], candidates: Sequence[Candidate]) -> tuple[Rejection, ...]:
+    """Rejections in CHECKPOINT_SOURCES order (as reported), whatever order they were found in."""
+    position = {c.path: i for i, c in enumerate(candidates)}
+    return tuple(sorted(rejected, key=lambda r: position.get(r.candidate.path, len(position))))
+
+
+def _update_of(verdict: Verdict) -> int:
+    return verdict.update if verdict.update is not None else -1
+
+
+def _newer_elsewhere(
+    chosen: Candidate, verdict: Verdict, candidates: Sequence[Candidate], strict_reason: str = ""
+) -> list[str]:
     """Names (not read) that suggest a later source holds more progress than the chosen file."""
     if verdict.update is None:
         return []
@@ -190,6 +304,7 @@ def _newer_elsewhere(chosen: Candidate, verdict: Verdict, candidates: Sequence[C
             notes.append(
                 f"{other.path} is named for update {other.update_hint}, newer than the chosen "
                 f"{chosen.path} (update {verdict.update}); CHECKPOINT_SOURCES order decided"
+                + (f" ({strict_reason})" if strict_reason else "")
             )
             break
     return notes

@@ -145,7 +145,22 @@ def test_deep_failure_of_the_winner_is_quarantined_and_the_next_used(
     }
     assert levels == {"model_last.pt": "integrity", "model_300.pt": "structure"}
     assert [name for name, deep in counting.calls if deep] == ["model_last.pt", "model_200.pt"]
-    assert "model_100.pt" not in [name for name, _ in counting.calls]
+    # PREFER_NEWEST: every training candidate gets the quick levels (a few MB), the older ones no deep read.
+    assert ("model_100.pt", False) in counting.calls and ("model_100.pt", True) not in counting.calls
+
+
+def test_strict_order_never_opens_candidates_after_the_winner(
+    tmp_path: Path, templates: dict[str, Path]
+) -> None:
+    settings = make_settings(tmp_path, prefer_newest="false")
+    os.truncate(place(templates["400"], settings.output_dir / "model_last.pt"), 2_000_000)
+    place(templates["200"], settings.output_dir / "model_200.pt")
+    place(templates["300"], settings.backup_dir / "model_300.pt")
+    counting = Counting()
+    outcome = resolve_checkpoint(settings, apply=True, validator=counting)
+    assert outcome.update == 200 and outcome.source == "numbered"
+    assert "model_300.pt" not in [name for name, _ in counting.calls]
+    assert any("update 300" in p and "CHECKPOINT_SOURCES order decided" in p for p in outcome.problems)
 
 
 def test_nothing_valid_fails_unless_scratch_is_allowed(tmp_path: Path, templates: dict[str, Path]) -> None:
@@ -257,10 +272,10 @@ def test_complete_temp_is_promoted_and_stale_temp_removed(tmp_path: Path, templa
     assert any("renamed" in p for p in outcome.problems) and any("removed" in p for p in outcome.problems)
 
 
-def test_complete_newer_temp_next_to_a_valid_final_is_kept(
+def test_complete_newer_temp_next_to_a_valid_final_is_kept_in_strict_order(
     tmp_path: Path, templates: dict[str, Path]
 ) -> None:
-    settings = make_settings(tmp_path)
+    settings = make_settings(tmp_path, prefer_newest="false")
     out = settings.output_dir
     place(templates["200"], out / "model_last.pt")
     temp = place(templates["300"], out / ".model_last.pt.partial-999999-00000ccc")

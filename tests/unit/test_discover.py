@@ -115,6 +115,12 @@ def test_links_loops_directories_and_fifos_are_findings(dirs: tuple[Path, Path],
     }
     assert all(f.movable for f in found.findings)
     assert "missing.pt" in next(f.detail for f in found.findings if f.problem == "dangling-link")
+    details = {f.path.name: f.detail for f in found.findings}
+    # The words end up in the reason file and the report: they must say what the entry is.
+    assert details["model_last.pt"].endswith("is a folder, not a file")
+    assert f"is a dangling symlink to {output / 'missing.pt'}" in details["model_30.pt"]
+    assert details["model_20.pt"].endswith("is a symlink loop")
+    assert "FIFO" in details["model_10.pt"]
     (link,) = found.candidates
     assert link.path.name == "model_5.pt" and link.link_target == target and link.size == 123
 

@@ -143,3 +143,29 @@ def test_free_name_counts_up(tmp_path: Path) -> None:
 def test_missing_file_is_an_error_not_an_exception(tmp_path: Path) -> None:
     result = quarantine(tmp_path / "nope.pt", "bad", "structure")
     assert result.moved_to is None and result.error
+
+
+def test_quarantine_dir_missing_or_not_a_folder_renames_in_place_and_says_why(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder"
+    bad = _bad_file(tmp_path)
+    digest = _sha(bad)
+    result = quarantine(bad, "bad", "structure", quarantine_dir=missing)
+    assert result.moved_to == tmp_path / "model_last.pt.corrupted" and _sha(result.moved_to) == digest
+    assert f"QUARANTINE_DIR {missing} does not exist" in result.note and "renamed in place" in result.note
+    assert not result.into_quarantine_dir
+
+    a_file = tmp_path / "quarantine-is-a-file"
+    a_file.write_text("not a folder")
+    other = _bad_file(tmp_path, "model_100.pt")
+    result = quarantine(other, "bad", "structure", quarantine_dir=a_file)
+    # Without the folder check the rename went into "a_file/..." and failed (ENOTDIR): the file stayed.
+    assert result.error is None and result.moved_to == tmp_path / "model_100.pt.corrupted"
+    assert f"QUARANTINE_DIR {a_file} is not a folder" in result.note
+    assert a_file.read_text() == "not a folder"
+
+
+def test_a_move_into_quarantine_dir_says_so(tmp_path: Path) -> None:
+    folder = tmp_path / "quarantine"
+    folder.mkdir()
+    result = quarantine(_bad_file(tmp_path), "bad", "structure", quarantine_dir=folder, apply=False)
+    assert result.error == "dry run" and result.into_quarantine_dir and result.note == ""

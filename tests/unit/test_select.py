@@ -9,14 +9,16 @@ import pytest
 
 from entrypoint.checkpoints.discover import discover
 from entrypoint.checkpoints.select import (
+    BLOCK_COMPATIBILITY,
     Rejection,
+    blocking_kind,
     choose,
     judge_temps,
     merge_temps,
     reference_size,
     settle_unused_temps,
 )
-from entrypoint.checkpoints.validate import validate_file
+from entrypoint.checkpoints.validate import Expectation, validate_file
 from entrypoint.checkpoints.verdict import Verdict
 from tests.ckpt_templates import build_templates, flip_tensor_byte, place
 
@@ -31,12 +33,13 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 class Recorder:
     """check(path, deep, reference) through the real validator, remembering every call."""
 
-    def __init__(self) -> None:
+    def __init__(self, expect: Expectation | None = None) -> None:
         self.calls: list[tuple[str, bool, int | None]] = []
+        self.expect = expect
 
     def __call__(self, path: Path, deep: bool, reference: int | None) -> Verdict:
         self.calls.append((path.name, deep, reference))
-        return validate_file(path, deep=deep, reference_size=reference)
+        return validate_file(path, deep=deep, reference_size=reference, expect=self.expect)
 
     def deep_reads(self) -> list[str]:
         return [name for name, deep, _ in self.calls if deep]
@@ -176,3 +179,106 @@ def test_temp_of_a_live_process_is_left_alone(tmp_path: Path, templates: dict[st
     (decision,) = judge_temps(found.temps, recorder, found.candidates)
     assert decision.action == "keep" and str(parent) in decision.reason
     assert recorder.calls == []
+
+
+def test_prefer_newest_quick_checks_all_and_deep_reads_only_the_newest(
+    tmp_path: Path, templates: dict[str, Path]
+) -> None:
+    output, backups = _folders(tmp_path)
+    place(templates["300"], output / "model_last.pt")
+    place(templates["400"], output / "model_400.pt")
+    place(templates["200"], backups / "model_200.pt")
+    place(templates["pre_pt"], output / "pretrained_base.pt")
+    candidates = discover(SOURCES, output, backups, None).candidates
+    recorder = Recorder()
+    choice = choose(candidates, recorder, deep=True, prefer_newest=True)
+    assert choice.candidate is not None and choice.candidate.path == output / "model_400.pt"
+    assert choice.verdict is not None and choice.verdict.update == 400
+    assert recorder.deep_reads() == ["model_400.pt"]
+    quick = [name for name, deep, _ in recorder.calls if not deep]
+    assert quick == ["model_last.pt", "model_400.pt", "model_200.pt"]  # pretrained never opened
+    strict = choose(candidates, Recorder(), deep=True)
+    assert strict.candidate is not None and strict.candidate.path == output / "model_last.pt"
+
+
+def test_prefer_newest_moves_past_a_crc_damaged_newest_and_breaks_ties_by_source_order(
+    tmp_path: Path, templates: dict[str, Path]
+) -> None:
+    output, backups = _folders(tmp_path)
+    flip_tensor_byte(place(templates["400"], backups / "model_400.pt"))
+    os.truncate(place(templates["400"], output / "model_last.pt"), 1_000_000)
+    place(templates["300"], backups / "model_300.pt")
+    place(templates["300"], output / "model_300.pt")
+    recorder = Recorder()
+    choice = choose(
+        discover(SOURCES, output, backups, None).candidates, recorder, deep=True, prefer_newest=True
+    )
+    assert choice.candidate is not None and choice.candidate.path == output / "model_300.pt"
+    assert recorder.deep_reads() == ["model_400.pt", "model_300.pt"]
+    assert [(r.candidate.path.name, r.level) for r in choice.rejected] == [
+        ("model_last.pt", "quick"),
+        ("model_400.pt", "deep"),
+    ]
+    backups_first = ("backups", "numbered", "last")
+    again = choose(
+        discover(backups_first, output, backups, None).candidates, Recorder(), deep=True, prefer_newest=True
+    )
+    assert again.candidate is not None and again.candidate.path == backups / "model_300.pt"
+
+
+@pytest.mark.parametrize("prefer_newest", [True, False])
+def test_an_incompatible_newest_file_blocks_the_choice(
+    tmp_path: Path, templates: dict[str, Path], prefer_newest: bool
+) -> None:
+    output, backups = _folders(tmp_path)
+    place(templates["400"], output / "model_last.pt")
+    place(templates["300"], output / "model_300.pt")
+    wrong_vocabulary = Recorder(Expectation("tiny", 64))  # the files were made with 32 symbols
+    rejected: list[Rejection] = []
+    choice = choose(
+        discover(SOURCES, output, backups, None).candidates,
+        wrong_vocabulary,
+        deep=True,
+        prefer_newest=prefer_newest,
+        on_reject=rejected.append,
+    )
+    assert choice.candidate is None and choice.blocker is not None
+    assert choice.blocker.candidate.path == output / "model_last.pt"
+    assert blocking_kind(choice.blocker.verdict) == BLOCK_COMPATIBILITY
+    assert rejected == []  # nothing to quarantine
+
+
+def test_an_incompatible_temp_is_a_candidate_not_a_cut_off_save(
+    tmp_path: Path, templates: dict[str, Path]
+) -> None:
+    output, backups = _folders(tmp_path)
+    temp = place(templates["300"], output / ".model_last.pt.partial-999999-0000ffff")
+    found = discover(SOURCES, output, backups, None)
+    (decision,) = judge_temps(found.temps, Recorder(Expectation("tiny", 64)), found.candidates)
+    assert decision.temp.path == temp and decision.action == "candidate"
+
+
+def test_an_unreadable_verdict_blocks(tmp_path: Path) -> None:
+    unreadable = Verdict(
+        str(tmp_path / "x.pt"),
+        False,
+        "cannot read the file: Permission denied",
+        "unknown",
+        "unknown",
+        None,
+        (),
+        10,
+        {"failed_level": "structure"},
+    )
+    damaged = Verdict(
+        str(tmp_path / "x.pt"),
+        False,
+        "truncated",
+        "torch-zip",
+        "unknown",
+        None,
+        (),
+        10,
+        {"failed_level": "structure"},
+    )
+    assert blocking_kind(unreadable) == "unreadable" and blocking_kind(damaged) is None
