@@ -13,6 +13,7 @@ from pathlib import Path
 LAST_NAME = "model_last.pt"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
 QUARANTINE_SUFFIX = ".corrupted"
+SUPERSEDED_SUFFIX = ".superseded"  # a valid but older file moved aside for a newer complete save
 REASON_SUFFIX = ".json"  # next to a quarantined file: <name>.corrupted.json
 PRETRAINED_PREFIX = "pretrained_"
 LOG_FILE_NAME = "training.log"

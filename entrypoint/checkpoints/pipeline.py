@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from entrypoint import naming
 from entrypoint.checkpoints.cache import VerdictCache, cached
 from entrypoint.checkpoints.discover import Candidate, Discovery, Finding, discover
 from entrypoint.checkpoints.f5_rule import f5_choice
@@ -83,17 +84,23 @@ class _Run:
 
     def move_away(self, path: Path, cause: str, level: str, details: dict[str, Any] | None = None) -> bool:
         """Quarantine `path`; True when it was moved (or, in a dry run, would be)."""
+        superseded = level == SUPERSEDED_LEVEL
         result = quarantine(
-            path, cause, level, quarantine_dir=self.settings.quarantine_dir, apply=self.apply, details=details
+            path,
+            cause,
+            level,
+            quarantine_dir=self.settings.quarantine_dir,
+            apply=self.apply,
+            details=details,
+            # A valid file moved aside must not read as damaged.
+            suffix=naming.SUPERSEDED_SUFFIX if superseded else naming.QUARANTINE_SUFFIX,
         )
         moved = str(result.moved_to) if result.moved_to is not None else None
         blame = ""
         if result.error and result.error != "dry run":
             blame = "QUARANTINE_DIR" if result.into_quarantine_dir else self._folder_setting(path)
         self.quarantined.append(
-            QuarantineRecord(
-                str(path), moved, cause, result.error, blame, superseded=level == SUPERSEDED_LEVEL
-            )
+            QuarantineRecord(str(path), moved, cause, result.error, blame, superseded=superseded)
         )
         if result.note and result.note not in self.problems:
             self.problems.append(result.note)

@@ -91,9 +91,9 @@ def quarantine_destination(path: Path, quarantine_dir: Path | None) -> tuple[Pat
     return quarantine_dir, ""
 
 
-def free_name(folder: Path, name: str) -> Path:
+def free_name(folder: Path, name: str, suffix: str = naming.QUARANTINE_SUFFIX) -> Path:
     """`<name>.corrupted`, or the first `<name>.corrupted.<k>` whose file and reason file are both free."""
-    base = f"{name}{naming.QUARANTINE_SUFFIX}"
+    base = f"{name}{suffix}"
     for index in range(_MAX_SUFFIX):
         candidate = folder / (base if index == 0 else f"{base}.{index}")
         reason = candidate.with_name(candidate.name + naming.REASON_SUFFIX)
@@ -125,6 +125,7 @@ def quarantine(
     quarantine_dir: Path | None = None,
     apply: bool = True,
     details: dict[str, Any] | None = None,
+    suffix: str = naming.QUARANTINE_SUFFIX,
 ) -> QuarantineResult:
     """Rename `path` (file, directory or symlink itself) out of the way and write its reason file.
 
@@ -135,7 +136,7 @@ def quarantine(
     into = folder != path.parent
     try:
         facts = _stat_fields(path)
-        destination = free_name(folder, path.name)
+        destination = free_name(folder, path.name, suffix)
     except OSError as error:
         return QuarantineResult(path, None, None, note, error.strerror or str(error), into)
     if not apply:

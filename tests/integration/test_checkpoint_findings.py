@@ -160,7 +160,7 @@ def test_a_newer_complete_temp_replaces_an_older_valid_final_which_is_moved_asid
     assert outcome.update == 400 and outcome.load_path == str(last)
     assert _sha(last) == newer_digest and not temp.exists()
     (record,) = outcome.quarantined
-    assert record.superseded and record.moved_to == str(out / "model_last.pt.corrupted")
+    assert record.superseded and record.moved_to == str(out / "model_last.pt.superseded")
     aside = Path(record.moved_to)
     assert _sha(aside) == older_digest  # never deleted, never overwritten
     reason = json.loads(aside.with_name(aside.name + ".json").read_text())
