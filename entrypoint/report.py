@@ -7,12 +7,12 @@ quarantined, trainer. Every string passes the redactor, so no secret reaches a r
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from entrypoint import __version__
 from entrypoint.checks.result import FAIL, WARN
+from entrypoint.durable import replace_text
 from entrypoint.preflight import PreflightResult
 from entrypoint.redact import Redactor
 
@@ -113,21 +113,12 @@ def render_text(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-
-
 def write_report(folder: Path, report: dict[str, Any], text: str) -> str | None:
     """Write report.json and report.txt into `folder`; the reason when that was not possible."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(folder / "report.json", json.dumps(report, indent=2) + "\n")
-        _write_atomic(folder / "report.txt", text + "\n")
+        replace_text(folder / "report.json", json.dumps(report, indent=2) + "\n")
+        replace_text(folder / "report.txt", text + "\n")
     except OSError as error:
         return f"report not written to {folder}: {error.strerror or error}"
     return None

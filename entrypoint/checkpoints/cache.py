@@ -9,9 +9,7 @@ the caller saves it (never in a dry run).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 
 from entrypoint import __version__, naming
 from entrypoint.checkpoints.verdict import Verdict
+from entrypoint.durable import replace_text
 
 CACHE_FILE_NAME = "verdict-cache.json"
 FORMAT_VERSION = 1
@@ -136,17 +135,10 @@ class VerdictCache:
         text = json.dumps(
             {"format": FORMAT_VERSION, "entries": entries}, indent=1, sort_keys=True, default=str
         )
-        temp = naming.temp_path_for(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(temp, "w", encoding="utf-8") as handle:
-                handle.write(text + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, self.path)
+            replace_text(self.path, text + "\n")
         except OSError as error:
-            with contextlib.suppress(OSError):
-                temp.unlink()
             return f"verdict cache {self.path} not written ({error.strerror or error})"
         self.changed = False
         return None

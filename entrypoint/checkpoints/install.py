@@ -33,6 +33,7 @@ from entrypoint import naming
 from entrypoint.checkpoints.f5_rule import F5Choice, f5_choice
 from entrypoint.checkpoints.quarantine import rename_no_replace
 from entrypoint.checkpoints.verdict import FORMAT_SAFETENSORS, KIND_TRAINING, Verdict
+from entrypoint.durable import fsync_folder, fsync_path
 
 COPY_MARGIN_BYTES = 64 * 1024 * 1024
 
@@ -173,7 +174,7 @@ def install_stock(
                 atomic_copy(chosen, target)
         else:
             atomic_copy(chosen, target)
-        _fsync_dir(folder)
+        fsync_folder(folder)
     except OSError as error:
         reason = "read-only file system" if error.errno == errno.EROFS else (error.strerror or str(error))
         return InstallResult(
@@ -195,11 +196,7 @@ def atomic_copy(source: Path, target: Path) -> None:
     temp = naming.temp_path_for(target)
     try:
         shutil.copyfile(source, temp)
-        fd = os.open(temp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(temp)
         rename_no_replace(temp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -212,11 +209,3 @@ def _listdir(folder: Path) -> list[str]:
         return os.listdir(folder)
     except (FileNotFoundError, NotADirectoryError):
         return []
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

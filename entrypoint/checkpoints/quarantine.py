@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from entrypoint import __version__, naming
+from entrypoint.durable import fsync_folder
 
 _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
@@ -159,9 +160,9 @@ def quarantine(
         return QuarantineResult(path, None, None, note, _describe(error), into)
     try:
         _write_new(reason_path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
-        _fsync_dir(destination.parent)
+        fsync_folder(destination.parent)
         if destination.parent != path.parent:
-            _fsync_dir(path.parent)
+            fsync_folder(path.parent)
     except OSError as error:
         # The file is already out of the way, which is what matters; say the reason file is missing.
         return QuarantineResult(
@@ -181,14 +182,6 @@ def _write_new(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from entrypoint.durable import fsync_folder
 from entrypoint.naming import LAST_NAME, numbered_update, temp_path_for
 
 # Room kept free beyond the checkpoint itself: the file system needs a little for metadata, and logs and
@@ -43,15 +44,6 @@ class SaveResult:
     size: int
     valid: bool
     message: str
-
-
-def fsync_folder(folder: Path) -> None:
-    """Make a rename or a new name in `folder` durable."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def free_bytes(folder: Path) -> int:
