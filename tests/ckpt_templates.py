@@ -6,6 +6,7 @@ template costs a millisecond, so each test gets its own files without paying the
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import zipfile
@@ -66,3 +67,23 @@ def make_settings(tmp_path: Path, **values: str) -> Settings:
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     settings.backup_dir.mkdir(parents=True, exist_ok=True)
     return settings
+
+
+def snapshot(*folders: Path) -> dict[str, tuple[str, str]]:
+    """Every entry under the folders: kind and content hash (links by target)."""
+    state: dict[str, tuple[str, str]] = {}
+    for folder in folders:
+        for root, dirs, files in os.walk(folder):
+            for name in dirs + files:
+                path = Path(root) / name
+                if path.is_symlink():
+                    state[str(path)] = ("link", os.readlink(path))
+                elif path.is_file():
+                    state[str(path)] = ("file", sha256_of(path))
+                else:
+                    state[str(path)] = ("dir", "")
+    return state
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -8,7 +8,6 @@ not possible.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ from entrypoint.checkpoints.f5_rule import f5_choice_in
 from entrypoint.checkpoints.pipeline import CheckpointOutcome, resolve_checkpoint
 from entrypoint.checkpoints.validate import Expectation
 from entrypoint.settings import Settings
-from tests.ckpt_templates import build_templates, make_settings, place
+from tests.ckpt_templates import build_templates, make_settings, place, sha256_of, snapshot
 
 REPO = Path(__file__).resolve().parents[2]
 NOBODY = 65534
@@ -33,25 +32,6 @@ NOBODY = 65534
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return build_templates(tmp_path_factory.mktemp("templates"))
-
-
-def snapshot(*folders: Path) -> dict[str, tuple[str, str]]:
-    state: dict[str, tuple[str, str]] = {}
-    for folder in folders:
-        for root, dirs, files in os.walk(folder):
-            for name in dirs + files:
-                path = Path(root) / name
-                if path.is_symlink():
-                    state[str(path)] = ("link", os.readlink(path))
-                elif path.is_file():
-                    state[str(path)] = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
-                else:
-                    state[str(path)] = ("dir", "")
-    return state
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _checkpoints(settings: Settings) -> dict[str, tuple[str, str]]:
@@ -147,9 +127,9 @@ def test_a_newer_complete_temp_replaces_an_older_valid_final_which_is_moved_asid
     settings = make_settings(tmp_path)
     out = settings.output_dir
     last = place(templates["300"], out / "model_last.pt")
-    older_digest = _sha(last)
+    older_digest = sha256_of(last)
     temp = place(templates["400"], out / ".model_last.pt.partial-999999-abcdef12")
-    newer_digest = _sha(temp)
+    newer_digest = sha256_of(temp)
     before = snapshot(tmp_path)
     dry = resolve_checkpoint(settings, apply=False)
     assert snapshot(tmp_path) == before
@@ -158,11 +138,11 @@ def test_a_newer_complete_temp_replaces_an_older_valid_final_which_is_moved_asid
 
     outcome = resolve_checkpoint(settings, apply=True)
     assert outcome.update == 400 and outcome.load_path == str(last)
-    assert _sha(last) == newer_digest and not temp.exists()
+    assert sha256_of(last) == newer_digest and not temp.exists()
     (record,) = outcome.quarantined
     assert record.superseded and record.moved_to == str(out / "model_last.pt.superseded")
     aside = Path(record.moved_to)
-    assert _sha(aside) == older_digest  # never deleted, never overwritten
+    assert sha256_of(aside) == older_digest  # never deleted, never overwritten
     reason = json.loads(aside.with_name(aside.name + ".json").read_text())
     assert "superseded by a newer complete save" in reason["cause"]
     assert "invalid" not in outcome.message and "moved 1 older valid checkpoint(s) aside" in outcome.message

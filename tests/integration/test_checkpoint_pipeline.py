@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import subprocess
@@ -20,7 +19,7 @@ from entrypoint.checkpoints.pipeline import CheckpointOutcome, resolve_checkpoin
 from entrypoint.checkpoints.validate import validate_file
 from entrypoint.checkpoints.verdict import Verdict
 from entrypoint.settings import Settings
-from tests.ckpt_templates import build_templates, flip_tensor_byte, make_settings, place
+from tests.ckpt_templates import build_templates, flip_tensor_byte, make_settings, place, sha256_of, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -35,26 +34,6 @@ class Counting:
     def __call__(self, path: Path, **options: Any) -> Verdict:
         self.calls.append((Path(path).name, bool(options.get("deep"))))
         return validate_file(path, **options)
-
-
-def snapshot(*folders: Path) -> dict[str, tuple[str, str]]:
-    """Every entry under the folders: kind and content hash (links by target)."""
-    state: dict[str, tuple[str, str]] = {}
-    for folder in folders:
-        for root, dirs, files in os.walk(folder):
-            for name in dirs + files:
-                path = Path(root) / name
-                if path.is_symlink():
-                    state[str(path)] = ("link", os.readlink(path))
-                elif path.is_file():
-                    state[str(path)] = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
-                else:
-                    state[str(path)] = ("dir", "")
-    return state
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def assert_stock_invariant(settings: Settings, outcome: CheckpointOutcome) -> None:
@@ -82,7 +61,7 @@ def test_truncated_last_is_quarantined_byte_identical(tmp_path: Path, templates:
     settings = make_settings(tmp_path)
     last = settings.output_dir / "model_last.pt"
     os.truncate(place(templates["400"], last), 1_700_000)
-    digest = _sha(last)
+    digest = sha256_of(last)
     place(templates["300"], settings.output_dir / "model_300.pt")
     outcome = resolve_checkpoint(settings, apply=True)
     assert outcome.status == "warn"
@@ -90,7 +69,7 @@ def test_truncated_last_is_quarantined_byte_identical(tmp_path: Path, templates:
     (record,) = outcome.quarantined
     assert record.path == str(last) and record.error is None
     moved = Path(record.moved_to or "")
-    assert moved == settings.output_dir / "model_last.pt.corrupted" and _sha(moved) == digest
+    assert moved == settings.output_dir / "model_last.pt.corrupted" and sha256_of(moved) == digest
     reason = json.loads(moved.with_name(moved.name + ".json").read_text())
     assert "truncated" in reason["cause"] and "where siblings are" in reason["cause"]
     assert reason["failed_level"] == "structure" and reason["size"] == 1_700_000
@@ -193,13 +172,13 @@ def test_stock_truncated_pretrained_copy_is_replaced_from_its_source(
     settings = make_settings(tmp_path, pretrained_checkpoint=str(source), trainer_mode="stock")
     copy = settings.output_dir / "pretrained_model_200000.pt"
     os.truncate(place(templates["pre_pt"], copy), 300_000)
-    truncated_digest = _sha(copy)
+    truncated_digest = sha256_of(copy)
     outcome = resolve_checkpoint(settings, apply=True)
     assert outcome.kind == "pretrained" and outcome.load_path == str(copy)
-    assert _sha(copy) == _sha(source)  # whole again (a link or an atomic copy of the source)
+    assert sha256_of(copy) == sha256_of(source)  # whole again (a link or an atomic copy of the source)
     (record,) = outcome.quarantined
     assert "truncated" in record.cause and "where siblings are" in record.cause
-    assert _sha(Path(record.moved_to or "")) == truncated_digest
+    assert sha256_of(Path(record.moved_to or "")) == truncated_digest
     assert_stock_invariant(settings, outcome)
 
 
@@ -262,12 +241,12 @@ def test_complete_temp_is_promoted_and_stale_temp_removed(tmp_path: Path, templa
     settings = make_settings(tmp_path)
     out = settings.output_dir
     temp = place(templates["300"], out / ".model_last.pt.partial-999999-00000aaa")
-    digest = _sha(temp)
+    digest = sha256_of(temp)
     stale = place(templates["100"], out / ".model_100.pt.partial-999999-00000bbb")
     place(templates["200"], out / "model_200.pt")
     outcome = resolve_checkpoint(settings, apply=True)
     assert outcome.update == 300 and outcome.load_path == str(out / "model_last.pt")
-    assert _sha(out / "model_last.pt") == digest and not temp.exists()
+    assert sha256_of(out / "model_last.pt") == digest and not temp.exists()
     assert not stale.exists()
     assert any("renamed" in p for p in outcome.problems) and any("removed" in p for p in outcome.problems)
 
@@ -290,14 +269,14 @@ def test_symlinked_checkpoint_quarantines_the_link_not_the_target(
     settings = make_settings(tmp_path)
     outside = place(templates["400"], tmp_path / "elsewhere" / "big.pt")
     os.truncate(outside, 500_000)
-    digest = _sha(outside)
+    digest = sha256_of(outside)
     (settings.output_dir / "model_last.pt").symlink_to(outside)
     place(templates["100"], settings.output_dir / "model_100.pt")
     outcome = resolve_checkpoint(settings, apply=True)
     assert outcome.update == 100
     moved = Path(outcome.quarantined[0].moved_to or "")
     assert moved.is_symlink() and os.readlink(moved) == str(outside)
-    assert _sha(outside) == digest
+    assert sha256_of(outside) == digest
 
 
 def test_quarantine_dir_setting(tmp_path: Path, templates: dict[str, Path]) -> None:
