@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,9 @@ APP_UID = 1000
 # limits above the host's is not permitted.
 RUNTIME_ARGS = ("--runtime", "runc")
 LIMIT_ARGS = ("--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096")
-PREFLIGHT_PINS = ("python-dotenv==1.2.4", "tenacity==9.2.1", "setuptools>=69", "wheel")
+_PYPROJECT = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+# What the slim image installs: the preflight's pinned dependencies and what builds the project.
+PREFLIGHT_PINS = (*_PYPROJECT["project"]["dependencies"], *_PYPROJECT["build-system"]["requires"])
 CONTEXT_FILES = ("pyproject.toml", "README.md", "entrypoint", "docker", ".dockerignore")
 
 
