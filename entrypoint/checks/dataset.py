@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from entrypoint.checks.result import FAIL, OK, CheckResult
+from entrypoint.checks.result import FAIL, OK, CheckResult, human_bytes
 from entrypoint.presets import vocab_size_of
 
 REQUIRED_FILES = ("raw.arrow", "duration.json")
@@ -42,7 +42,7 @@ def check_dataset(dataset_dir: Path, vocab_file: Path) -> tuple[CheckResult, int
             f"vocabulary {vocab_file} cannot be read: {reason}",
             "set VOCAB_FILE to the vocab.txt the dataset was prepared with",
         ), None
-    arrow_size = (dataset_dir / "raw.arrow").stat().st_size
+    arrow_size = human_bytes((dataset_dir / "raw.arrow").stat().st_size)
     return CheckResult(
-        "dataset", OK, f"{dataset_dir}: raw.arrow {arrow_size / 1e6:.1f} MB, vocabulary {vocab_size} symbols"
+        "dataset", OK, f"{dataset_dir}: raw.arrow {arrow_size}, vocabulary {vocab_size} symbols"
     ), vocab_size
