@@ -41,7 +41,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.bench_validate import FULL_SIZE_GB, make_checkpoint
+from bench.bench_validate import FULL_SIZE_GB, PROBE_RCHAR, drop_caches, make_checkpoint
 from bench.bench_validate import OUT as VALIDATE_OUT
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,17 +53,6 @@ CACHED_REPEATS = 200
 # data.pkl): generous, the point is that it is not the file.
 QUICK_READ_ALLOWANCE = 64 << 20
 SOURCES = "last,numbered,backups,pretrained"
-
-
-def _drop_caches() -> bool:
-    """`sync; echo 3 > /proc/sys/vm/drop_caches`; False where not allowed (not root, read-only /proc)."""
-    try:
-        os.sync()
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def _copy_prefix(source: Path, target: Path, length: int) -> None:
@@ -150,7 +139,7 @@ def _scenario(name: str, valid: Path, files: dict[str, Path], with_flipped: bool
 
 
 # Each measurement runs in a fresh interpreter and prints JSON; imports happen before the clock starts.
-_PROBE = textwrap.dedent(
+_PROBE = PROBE_RCHAR + textwrap.dedent(
     """
     import json, statistics, sys, time
     from pathlib import Path
@@ -158,12 +147,6 @@ _PROBE = textwrap.dedent(
     from entrypoint.checkpoints.pipeline import resolve_checkpoint
     from entrypoint.checkpoints.validate import validate_file
     from entrypoint.settings import load_settings
-
-    def rchar():
-        for line in open("/proc/self/io"):
-            if line.startswith("rchar:"):
-                return int(line.split()[1])
-        return 0
 
     def settings(output, backups):
         environ = {
@@ -237,7 +220,7 @@ _PROBE = textwrap.dedent(
 
 def _measure(mode: str, *args: str | Path, cold: bool) -> dict:
     if cold:
-        _drop_caches()
+        drop_caches()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # Run outside the repository so that no .env file there is picked up by load_settings.
     done = subprocess.run(
@@ -459,7 +442,7 @@ def main() -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     try:
         files = _scenario_files(valid)
-        cold = _drop_caches()
+        cold = drop_caches()
         print(
             f"checkpoints of {_gb(valid.stat().st_size)} ({valid.name}); page cache "
             f"{'dropped before each step' if cold else 'WARM (not root): figures understate reads'}",

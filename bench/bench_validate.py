@@ -102,7 +102,8 @@ def make_checkpoint(path: Path, size_gb: float) -> None:
     os.replace(partial, path)
 
 
-def _drop_caches() -> bool:
+def drop_caches() -> bool:
+    """`sync; echo 3 > /proc/sys/vm/drop_caches`; False where not allowed (not root, read-only /proc)."""
     try:
         os.sync()
         with open("/proc/sys/vm/drop_caches", "w") as f:
@@ -112,16 +113,22 @@ def _drop_caches() -> bool:
         return False
 
 
-# Each measurement runs in a fresh interpreter and prints JSON: seconds, peak RSS, bytes read.
-_PROBE = textwrap.dedent(
+# Probe code (benchmarks here and in bench_choose): the bytes this process has read so far.
+PROBE_RCHAR = textwrap.dedent(
     """
-    import json, sys, time
-    from pathlib import Path
     def rchar():
         for line in open("/proc/self/io"):
             if line.startswith("rchar:"):
                 return int(line.split()[1])
         return 0
+    """
+)
+
+# Each measurement runs in a fresh interpreter and prints JSON: seconds, peak RSS, bytes read.
+_PROBE = PROBE_RCHAR + textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
     mode, path = sys.argv[1], Path(sys.argv[2])
     if mode == "torch":
         import torch
@@ -151,7 +158,7 @@ _PROBE = textwrap.dedent(
 
 def _measure(mode: str, path: Path, cold: bool) -> dict[str, float | str]:
     if cold:
-        _drop_caches()
+        drop_caches()
     done = subprocess.run(
         [sys.executable, "-c", _PROBE, mode, str(path)],
         capture_output=True,
@@ -175,7 +182,7 @@ def main() -> int:
         print(f"making {path.name} (once; cached in {OUT}) ...", flush=True)
         make_checkpoint(path, args.size_gb)
     size = path.stat().st_size
-    cold = _drop_caches()
+    cold = drop_caches()
     print(
         f"checkpoint {path.name}: {size / 1e9:.2f} GB; page cache {'dropped before each run' if cold else 'WARM (not root)'}"
     )

@@ -57,7 +57,8 @@ def make_synthetic_dataset(folder: Path, clips: int = 8) -> Path:
     return dataset
 
 
-def demo_settings(dataset: Path, run_dir: Path) -> dict[str, str]:
+def tiny_cpu_settings(dataset: Path, run_dir: Path) -> dict[str, str]:
+    """A fast CPU run of the `tiny` preset on `dataset`, writing everything under `run_dir`."""
     return {
         "DATASET_DIR": str(dataset),
         "OUTPUT_DIR": str(run_dir / "output"),
@@ -70,13 +71,20 @@ def demo_settings(dataset: Path, run_dir: Path) -> dict[str, str]:
         "LEARNING_RATE": "1e-4",
         "WARMUP_UPDATES": "2",
         "LAST_EVERY_UPDATES": "2",
+        "LOGGER": "none",
+        "DATALOADER_WORKERS": "1",
+        "ALLOW_SCRATCH": "true",
+    }
+
+
+def demo_settings(dataset: Path, run_dir: Path) -> dict[str, str]:
+    """The tiny CPU run with numbered saves and backups, stopping where the first run ends."""
+    return {
+        **tiny_cpu_settings(dataset, run_dir),
         "SAVE_EVERY_UPDATES": "4",
         "KEEP_CHECKPOINTS": "2",
         "BACKUP_EVERY_UPDATES": "4",
         "BACKUP_KEEP": "2",
-        "LOGGER": "none",
-        "DATALOADER_WORKERS": "1",
-        "ALLOW_SCRATCH": "true",
         "MAX_UPDATES": str(FIRST_RUN_UPDATES),
     }
 

@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from entrypoint.demo import make_synthetic_dataset, write_env_file
+import pytest
+
+from entrypoint.demo import make_synthetic_dataset, tiny_cpu_settings, write_env_file
 from entrypoint.naming import LAST_NAME, numbered_update
 from entrypoint.settings import SPEC_BY_NAME
 
@@ -29,27 +31,21 @@ def make_tiny_dataset(folder: Path, clips: int = 8) -> Path:
     return make_synthetic_dataset(folder, clips)
 
 
+@pytest.fixture(scope="module", name="dataset")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `dataset` fixture of a module that imports this: the tiny dataset, prepared once per session."""
+    return make_tiny_dataset(tmp_path_factory.getbasetemp() / "tiny-dataset")
+
+
 def tiny_settings(dataset: Path, root: Path, **overrides: Any) -> dict[str, str]:
-    """Settings for a fast CPU run of the `tiny` preset with everything under `root`."""
+    """The demo's fast CPU run of the `tiny` preset with everything under `root`, without numbered saves or
+    backups unless asked; `overrides` (lower-case names welcome) replace any value."""
     values = {
-        "DATASET_DIR": str(dataset),
-        "OUTPUT_DIR": str(root / "output"),
-        "BACKUP_DIR": str(root / "backups"),
-        "LOG_DIR": str(root / "logs"),
-        "MODEL_PRESET": "tiny",
-        "TOKENIZER": "custom",
-        "BATCH_SIZE": "2",
-        "BATCH_SIZE_TYPE": "sample",
-        "LEARNING_RATE": "1e-4",
-        "WARMUP_UPDATES": "2",
-        "LAST_EVERY_UPDATES": "2",
+        **tiny_cpu_settings(dataset, root),
         "SAVE_EVERY_UPDATES": "1000",
         "KEEP_CHECKPOINTS": "-1",
         "BACKUP_EVERY_UPDATES": "0",
-        "LOGGER": "none",
-        "DATALOADER_WORKERS": "1",
         "TORCH_THREADS": "1",
-        "ALLOW_SCRATCH": "true",
         "WAIT_TIMEOUT_S": "0",
     }
     values.update({key.upper(): str(value) for key, value in overrides.items()})

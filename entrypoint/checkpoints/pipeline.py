@@ -257,28 +257,15 @@ def resolve_checkpoint(
         run.info += list(result.actions)
         if not result.ok or result.load_path is None:
             _save_cache(run, cache)
-            return _outcome(
-                run,
-                choice.verdict,
-                choice.candidate.source,
-                None,
-                rejected,
-                "fail",
-                result.message,
-                result.fix,
-            )
+            return _failure(run, rejected, result.message, result.fix)
         load_path = result.load_path
         if apply:
             landed = f5_choice(run.listing(settings.output_dir))
             if landed.name != load_path.name:
                 _save_cache(run, cache)
-                return _outcome(
+                return _failure(
                     run,
-                    choice.verdict,
-                    choice.candidate.source,
-                    None,
                     rejected,
-                    "fail",
                     f"F5-TTS's stock trainer would load {landed.name or landed.error or 'nothing'} "
                     f"instead of {load_path}",
                     "move the other checkpoint files out of OUTPUT_DIR or use TRAINER_MODE=safe",
@@ -320,13 +307,9 @@ def _blocked(
     what = "checkpoints in OUTPUT_DIR are" if where == "OUTPUT_DIR" else f"the checkpoint in {where} is"
     if where == "BACKUP_DIR":
         what = "checkpoints in BACKUP_DIR are"
-    return _outcome(
+    return _failure(
         run,
-        None,
-        None,
-        None,
         tuple(r.verdict for r in choice.rejected),
-        "fail",
         f"{what} for a different model: {path.name}: {verdict.cause}; MODEL_PRESET={preset}, {vocabulary}",
         "set MODEL_PRESET (and VOCAB_FILE) to what these checkpoints were trained with; "
         f"to start over instead, move them out of {where} (nothing was moved)",
@@ -334,13 +317,9 @@ def _blocked(
 
 
 def _unreadable(run: _Run, path: Path, detail: str) -> CheckpointOutcome:
-    return _outcome(
+    return _failure(
         run,
-        None,
-        None,
-        None,
         (),
-        "fail",
         f"{detail}; it may hold the newest training progress, which the next save would replace",
         f"make {path} readable by uid {os.getuid()} (chown/chmod), or move it away if it is not needed",
     )
@@ -488,13 +467,9 @@ def _nothing_valid(
         # F5-TTS's stock trainer starts fresh only when no loadable name is left in its folder.
         left = f5_choice(run.listing(settings.output_dir))
         if not left.starts_fresh:
-            return _outcome(
+            return _failure(
                 run,
-                None,
-                None,
-                None,
                 rejected,
-                "fail",
                 f"no valid checkpoint ({summary}), but F5-TTS's stock trainer would still try to load "
                 f"{left.name or left.error} from {settings.output_dir}",
                 "make OUTPUT_DIR writable so bad files can be quarantined, or move them out, "
@@ -516,13 +491,9 @@ def _nothing_valid(
         )
     where = f"OUTPUT_DIR={settings.output_dir}, BACKUP_DIR={settings.backup_dir}"
     pretrained = settings.pretrained_checkpoint or "not set"
-    return _outcome(
+    return _failure(
         run,
-        None,
-        None,
-        None,
         rejected,
-        "fail",
         f"no valid checkpoint to load ({summary}) in {where}; PRETRAINED_CHECKPOINT {pretrained}",
         "set PRETRAINED_CHECKPOINT to a valid checkpoint, restore a backup into BACKUP_DIR, "
         "or set ALLOW_SCRATCH=true to start from random weights",
@@ -585,6 +556,11 @@ def _folder_named(settings: Settings, setting: str) -> str:
         "OUTPUT_DIR": settings.output_dir,
     }.get(setting)
     return f"{setting} ({folder})" if folder is not None else setting
+
+
+def _failure(run: _Run, rejected: tuple[Verdict, ...], message: str, fix: str) -> CheckpointOutcome:
+    """A failed outcome: nothing chosen, nothing to load; `message` says what is wrong, `fix` what to do."""
+    return _outcome(run, None, None, None, rejected, "fail", message, fix)
 
 
 def _outcome(

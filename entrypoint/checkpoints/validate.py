@@ -72,6 +72,16 @@ class Expectation:
     vocab_size: int | None
 
 
+@dataclass(frozen=True)
+class _Request:
+    """What validate_file was asked for beyond the quick levels, handed down to the format's checks."""
+
+    deep: bool
+    expect: Expectation | None
+    reference_size: int | None
+    progress: Callable[[int, int], None] | None
+
+
 class _Failed(Exception):
     def __init__(self, level: str, cause: str) -> None:
         super().__init__(cause)
@@ -131,7 +141,7 @@ def validate_file(
         if state.size == 0:
             raise _Failed("structure", "empty file")
         with open(path, "rb", buffering=0) as f:
-            _check(f, state, deep=deep, expect=expect, reference_size=reference_size, progress=progress)
+            _check(f, state, _Request(deep, expect, reference_size, progress))
         if load:
             _load_with_torch(path, state)
         return state.verdict(True)
@@ -144,15 +154,7 @@ def validate_file(
         return state.verdict(False, f"cannot read the file: {exc.strerror or exc}")
 
 
-def _check(
-    f: BinaryIO,
-    state: _Progress,
-    *,
-    deep: bool,
-    expect: Expectation | None,
-    reference_size: int | None,
-    progress: Callable[[int, int], None] | None,
-) -> None:
+def _check(f: BinaryIO, state: _Progress, request: _Request) -> None:
     head = _read(f, 0, HEAD_BYTES)
     is_safetensors_name = state.path.suffix == ".safetensors"
     if is_zip(head):
@@ -161,18 +163,16 @@ def _check(
             raise _Failed(
                 "structure", "a torch zip file named .safetensors (F5-TTS picks the loader by name)"
             )
-        _check_torch_zip(f, state, deep=deep, expect=expect, reference_size=reference_size, progress=progress)
+        _check_torch_zip(f, state, request)
     elif looks_like_safetensors(head):
         state.format = FORMAT_SAFETENSORS
         if not is_safetensors_name:
             raise _Failed(
                 "structure", "safetensors data in a file not named .safetensors (F5-TTS would torch.load it)"
             )
-        _check_safetensors(
-            f, state, deep=deep, expect=expect, reference_size=reference_size, progress=progress
-        )
+        _check_safetensors(f, state, request)
     else:
-        raise _Failed("structure", _foreign_cause(f, head, state, reference_size))
+        raise _Failed("structure", _foreign_cause(f, head, state, request.reference_size))
 
 
 def _read(f: BinaryIO, offset: int, length: int) -> bytes:
@@ -200,23 +200,24 @@ def _foreign_cause(f: BinaryIO, head: bytes, state: _Progress, reference_size: i
     return "not a checkpoint (unrecognised content)"
 
 
+def _check_compatibility(
+    weights: Mapping[str, Mapping[str, tuple[int, ...]]], expect: Expectation, state: _Progress
+) -> None:
+    cause = check_compatibility(weights, expect.preset, expect.vocab_size)
+    if cause:
+        raise _Failed("compatibility", cause)
+    state.passed("compatibility")
+
+
 # --- torch zip ---------------------------------------------------------------------------------------------
 
 
-def _check_torch_zip(
-    f: BinaryIO,
-    state: _Progress,
-    *,
-    deep: bool,
-    expect: Expectation | None,
-    reference_size: int | None,
-    progress: Callable[[int, int], None] | None,
-) -> None:
+def _check_torch_zip(f: BinaryIO, state: _Progress, request: _Request) -> None:
     assert state.details is not None
     try:
         tz = torch_zip.read_central_directory(f, state.size)
     except torch_zip.ZipDamage as damage:
-        raise _Failed("structure", _zip_cause(f, state, damage, reference_size)) from None
+        raise _Failed("structure", _zip_cause(f, state, damage, request.reference_size)) from None
     pickle_member = tz.member("data.pkl")
     if pickle_member is None:
         raise _Failed("structure", "zip without data.pkl: not a torch checkpoint")
@@ -225,7 +226,7 @@ def _check_torch_zip(
     try:
         pickled = torch_zip.read_member(f, tz, pickle_member)
     except torch_zip.ZipDamage as damage:
-        raise _Failed("structure", _zip_cause(f, state, damage, reference_size)) from None
+        raise _Failed("structure", _zip_cause(f, state, damage, request.reference_size)) from None
     state.details.update(members=len(tz.members), crc_recorded=tz.crc_recorded)
     state.passed("structure")
 
@@ -238,24 +239,21 @@ def _check_torch_zip(
     state.details["tensors"] = len(summary.tensors)
     state.passed("schema")
 
-    if deep:
+    if request.deep:
         try:
-            counts = torch_zip.check_crcs(f, tz, progress=progress)
+            counts = torch_zip.check_crcs(f, tz, progress=request.progress)
         except torch_zip.ZipDamage as damage:
-            raise _Failed("integrity", _zip_cause(f, state, damage, reference_size)) from None
+            raise _Failed("integrity", _zip_cause(f, state, damage, request.reference_size)) from None
         except OSError as exc:  # a bad sector shows up only when every byte is read
             raise _Failed("integrity", f"read error: {exc.strerror or exc}") from None
         state.details.update(counts)
         state.passed("integrity")
 
-    if expect is not None:
+    if request.expect is not None:
         weights = {
             key: _shapes(summary.top[key]) for key in WEIGHT_KEYS if isinstance(summary.top.get(key), dict)
         }
-        cause = check_compatibility(weights, expect.preset, expect.vocab_size)
-        if cause:
-            raise _Failed("compatibility", cause)
-        state.passed("compatibility")
+        _check_compatibility(weights, request.expect, state)
 
 
 def _zip_cause(f: BinaryIO, state: _Progress, damage: Exception, reference_size: int | None) -> str:
@@ -331,20 +329,12 @@ def _shapes(state_dict: Mapping[Any, Any]) -> dict[str, tuple[int, ...]]:
 # --- safetensors -------------------------------------------------------------------------------------------
 
 
-def _check_safetensors(
-    f: BinaryIO,
-    state: _Progress,
-    *,
-    deep: bool,
-    expect: Expectation | None,
-    reference_size: int | None,
-    progress: Callable[[int, int], None] | None,
-) -> None:
+def _check_safetensors(f: BinaryIO, state: _Progress, request: _Request) -> None:
     assert state.details is not None
     try:
         header = read_header(f, state.size)
     except SafetensorsDamage as damage:
-        raise _Failed("structure", _zip_cause(f, state, damage, reference_size)) from None
+        raise _Failed("structure", _zip_cause(f, state, damage, request.reference_size)) from None
     state.details["tensors"] = len(header.tensors)
     state.passed("structure")
     if not header.tensors:
@@ -352,30 +342,27 @@ def _check_safetensors(
     # F5-TTS loads a .safetensors as EMA weights and starts at update 0.
     state.kind, state.update = KIND_PRETRAINED, 0
     state.passed("schema")
-    if deep:
+    if request.deep:
         try:
             recorded = sidecar_digest(state.path)
         except SafetensorsDamage as damage:
             raise _Failed("integrity", damage.cause) from None
-    if deep and recorded is None:
+    if request.deep and recorded is None:
         # safetensors records no checksum: without a sidecar there is nothing to compare, so the level is not
         # claimed (and the file is not read in full for nothing).
         state.details["integrity"] = f"not checked: no {state.path.name}.sha256 sidecar"
-    elif deep:
+    elif request.deep:
         try:
-            actual = sha256_of(f, state.size, progress)
+            actual = sha256_of(f, state.size, request.progress)
         except OSError as exc:
             raise _Failed("integrity", f"read error: {exc.strerror or exc}") from None
         if actual != recorded:
             raise _Failed("integrity", f"SHA-256 mismatch with {state.path.name}.sha256")
         state.details["sha256"] = actual
         state.passed("integrity")
-    if expect is not None:
+    if request.expect is not None:
         shapes = {name: t.shape for name, t in header.tensors.items()}
-        cause = check_compatibility({"safetensors": shapes}, expect.preset, expect.vocab_size)
-        if cause:
-            raise _Failed("compatibility", cause)
-        state.passed("compatibility")
+        _check_compatibility({"safetensors": shapes}, request.expect, state)
 
 
 # --- load --------------------------------------------------------------------------------------------------

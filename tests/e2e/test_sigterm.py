@@ -17,8 +17,8 @@ from tests.trainer_data import (
     SAVED_LAST,
     STOPPED,
     load_checkpoint,
-    make_tiny_dataset,
     start_training,
+    tiny_dataset,  # noqa: F401 - the `dataset` fixture
     tiny_settings,
     wait_for_line,
     write_settings,
@@ -26,11 +26,6 @@ from tests.trainer_data import (
 
 pytest.importorskip("f5_tts")
 pytestmark = [pytest.mark.slow, pytest.mark.trainer]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_dataset(tmp_path_factory.getbasetemp() / "tiny-dataset")
 
 
 def test_sigterm_saves_model_last_at_current_update_and_exits_zero(dataset: Path, tmp_path: Path) -> None:

@@ -11,19 +11,14 @@ from tests.trainer_data import (
     RESUMED,
     fingerprint,
     load_checkpoint,
-    make_tiny_dataset,
     run_training,
+    tiny_dataset,  # noqa: F401 - the `dataset` fixture
     tiny_settings,
     write_settings,
 )
 
 pytest.importorskip("f5_tts")
 pytestmark = [pytest.mark.slow, pytest.mark.trainer]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_dataset(tmp_path_factory.getbasetemp() / "tiny-dataset")
 
 
 def test_second_run_resumes_at_saved_update_with_saved_weights(dataset: Path, tmp_path: Path) -> None:

@@ -9,20 +9,15 @@ import pytest
 from tests.trainer_data import (
     RESUMED,
     load_checkpoint,
-    make_tiny_dataset,
     preflight_run_available,
     run_training,
+    tiny_dataset,  # noqa: F401 - the `dataset` fixture
     tiny_settings,
     write_settings,
 )
 
 pytest.importorskip("f5_tts")
 pytestmark = [pytest.mark.slow, pytest.mark.trainer]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_dataset(tmp_path_factory.getbasetemp() / "tiny-dataset")
 
 
 def test_truncated_model_last_is_quarantined_and_training_resumes_from_previous(
