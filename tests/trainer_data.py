@@ -14,8 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from entrypoint.demo import make_synthetic_dataset, tiny_cpu_settings, write_env_file
 from entrypoint.naming import LAST_NAME, numbered_update
 from entrypoint.settings import SPEC_BY_NAME
@@ -29,12 +27,6 @@ STOPPED = re.compile(r"Stopped by (\S+) at update (\d+)")
 def make_tiny_dataset(folder: Path, clips: int = 8) -> Path:
     """A real prepared dataset (raw.arrow, duration.json, vocab.txt) of synthetic clips; returns its folder."""
     return make_synthetic_dataset(folder, clips)
-
-
-@pytest.fixture(scope="module", name="dataset")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The `dataset` fixture of a module that imports this: the tiny dataset, prepared once per session."""
-    return make_tiny_dataset(tmp_path_factory.getbasetemp() / "tiny-dataset")
 
 
 def tiny_settings(dataset: Path, root: Path, **overrides: Any) -> dict[str, str]:

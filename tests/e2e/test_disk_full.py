@@ -12,17 +12,12 @@ import pytest
 
 from entrypoint.naming import temp_target
 from entrypoint.train.safe_save import zip_structure_cause
-from tests.trainer_data import load_checkpoint, make_tiny_dataset, run_training, tiny_settings, write_settings
+from tests.trainer_data import load_checkpoint, run_training, tiny_settings, write_settings
 
 pytest.importorskip("f5_tts")
 pytestmark = [pytest.mark.slow, pytest.mark.trainer]
 
 TMPFS_SIZE = "16m"  # room for about four 3.6 MB checkpoints of the tiny preset
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_dataset(tmp_path_factory.getbasetemp() / "tiny-dataset")
 
 
 @pytest.fixture

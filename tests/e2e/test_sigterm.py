@@ -18,7 +18,6 @@ from tests.trainer_data import (
     STOPPED,
     load_checkpoint,
     start_training,
-    tiny_dataset,  # noqa: F401 - the `dataset` fixture
     tiny_settings,
     wait_for_line,
     write_settings,

@@ -12,7 +12,6 @@ from tests.trainer_data import (
     fingerprint,
     load_checkpoint,
     run_training,
-    tiny_dataset,  # noqa: F401 - the `dataset` fixture
     tiny_settings,
     write_settings,
 )

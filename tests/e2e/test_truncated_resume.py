@@ -11,7 +11,6 @@ from tests.trainer_data import (
     load_checkpoint,
     preflight_run_available,
     run_training,
-    tiny_dataset,  # noqa: F401 - the `dataset` fixture
     tiny_settings,
     write_settings,
 )
