@@ -23,7 +23,7 @@ class Tee:
 
     def __init__(self, original: TextIO, log: TextIO, redact: Redactor) -> None:
         self._original = original
-        self._log = log
+        self._log: TextIO | None = log
         self._redact = redact
         self._lock = threading.Lock()
         self._pending = ""
@@ -32,18 +32,35 @@ class Tee:
         clean = self._redact(text)
         self._original.write(clean)
         with self._lock:
+            if self._log is None:
+                return len(text)
             # tqdm redraws with "\r": keep only complete lines in the file so grep sees each once.
             self._pending += clean
             *lines, self._pending = self._pending.split("\n")
-            for line in lines:
-                self._log.write(line.rsplit("\r", 1)[-1] + "\n")
-            if lines:
-                self._log.flush()
+            try:
+                for line in lines:
+                    self._log.write(line.rsplit("\r", 1)[-1] + "\n")
+                if lines:
+                    self._log.flush()
+            except OSError as error:
+                self._give_up(error)
         return len(text)
 
     def flush(self) -> None:
         self._original.flush()
-        self._log.flush()
+        with self._lock:
+            if self._log is not None:
+                try:
+                    self._log.flush()
+                except OSError as error:
+                    self._give_up(error)
+
+    def _give_up(self, error: OSError) -> None:
+        # A full or vanished logs volume must never stop the program whose output this is.
+        log, self._log = self._log, None
+        with contextlib.suppress(OSError, ValueError):
+            log.close()  # type: ignore[union-attr]
+        self._original.write(f"WARNING: log file not written from here on: {error.strerror or error}\n")
 
     def isatty(self) -> bool:
         return self._original.isatty()
@@ -79,30 +96,52 @@ _CHUNK = 65536
 def _copy_streams(sources: dict[int, int], log: BinaryIO, redact: Redactor) -> None:
     """Copy each pipe to its terminal descriptor and every complete line, redacted, to the log, until EOF.
 
-    Both sides are cut at line ends only ("\n", and "\r" for the terminal, where tqdm redraws its bar), so a
-    secret is never split between two writes and escapes the redactor.
+    Both sides are cut at line ends only ("\\n", and "\\r" for the terminal, where tqdm redraws its bar), so a
+    secret is never split between two writes and escapes the redactor. If the log cannot be written (a full
+    logs volume), the copy to the terminal goes on: the program must never see a broken pipe because of it.
     """
     terminal_pending = dict.fromkeys(sources, b"")
     log_pending = dict.fromkeys(sources, b"")
     open_pipes = set(sources)
+    logging = True
     while open_pipes:
         ready, _, _ = select.select(list(open_pipes), [], [])
         for pipe in ready:
             chunk = os.read(pipe, _CHUNK)
             if not chunk:
                 open_pipes.discard(pipe)
-                chunk = b"\n" if log_pending[pipe] else b""
+                chunk = b"\n" if log_pending[pipe] or terminal_pending[pipe] else b""
             data = terminal_pending[pipe] + chunk
             cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
             if cut:
                 _write_all(sources[pipe], _redact_bytes(data[:cut], redact))
             terminal_pending[pipe] = data[cut:]
+            if not logging:
+                continue
             *lines, log_pending[pipe] = (log_pending[pipe] + chunk).split(b"\n")
-            for line in lines:
-                # The log keeps only a line's final state, not each progress-bar redraw.
-                log.write(_redact_bytes(line.rsplit(b"\r", 1)[-1], redact) + b"\n")
-            if lines:
-                log.flush()
+            try:
+                for line in lines:
+                    # The log keeps only a line's final state, not each progress-bar redraw.
+                    log.write(_redact_bytes(line.rsplit(b"\r", 1)[-1], redact) + b"\n")
+                if lines:
+                    log.flush()
+            except OSError as error:
+                logging = False
+                warning = f"WARNING: log file not written from here on: {error.strerror or error}\n"
+                _write_all(2, warning.encode())
+
+
+def _pass_through(sources: dict[int, int]) -> None:
+    """The last resort if the copier itself fails: keep the program's output flowing, unlogged."""
+    open_pipes = set(sources)
+    while open_pipes:
+        ready, _, _ = select.select(list(open_pipes), [], [])
+        for pipe in ready:
+            chunk = os.read(pipe, _CHUNK)
+            if chunk:
+                _write_all(sources[pipe], chunk)
+            else:
+                open_pipes.discard(pipe)
 
 
 def _redact_bytes(data: bytes, redact: Redactor) -> bytes:
@@ -137,7 +176,11 @@ def tee_descriptors(log_dir: Path, redact: Redactor) -> bool:
                 signal.signal(number, signal.SIG_IGN)
             for _, write_end in pipes.values():
                 os.close(write_end)
-            _copy_streams({read_end: target for target, (read_end, _) in pipes.items()}, log, redact)
+            sources = {read_end: target for target, (read_end, _) in pipes.items()}
+            try:
+                _copy_streams(sources, log, redact)
+            except Exception:
+                _pass_through(sources)
         except BaseException:
             status = 1
         finally:

@@ -250,3 +250,38 @@ def test_the_exec_d_program_s_output_reaches_the_log_redacted(workspace: Path) -
 def test_validate_vocab_file_needs_a_preset(workspace: Path) -> None:
     done = preflight(workspace, "validate", "--vocab-file", str(workspace / "dataset" / "vocab.txt"), "x.pt")
     assert done.returncode == 2 and "--vocab-file needs --preset" in done.stderr
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path):
+    target = tmp_path / "small-logs"
+    target.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(target)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    yield target
+    subprocess.run(["umount", str(target)], check=True)
+
+
+def test_a_full_logs_volume_never_stops_the_trainer(workspace: Path, tiny_tmpfs: Path) -> None:
+    lines = 5000
+    program = (
+        f"import sys\nfor i in range({lines}): print(f'training line {{i:05d}} ' + 'x' * 40)\nsys.exit(0)"
+    )
+    done = preflight(
+        workspace,
+        "run",
+        *env_args(workspace),
+        "--",
+        sys.executable,
+        "-c",
+        program,
+        env={"LOG_DIR": str(tiny_tmpfs)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = [line for line in done.stdout.splitlines() if line.startswith("training line")]
+    assert len(printed) == lines  # the terminal got every line although the log volume filled up
+    assert done.stderr.count("WARNING: log file not written from here on: No space left on device") == 1
+    assert (tiny_tmpfs / "training.log").stat().st_size > 0
