@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from entrypoint import __version__
+from entrypoint import __version__, run_lock
 from entrypoint.checkpoints.pipeline import CheckpointOutcome, resolve_checkpoint
 from entrypoint.checkpoints.validate import Expectation
 from entrypoint.checks.dataset import check_dataset
@@ -155,6 +155,21 @@ def _disk_checks(settings: Settings) -> list[CheckResult]:
     return check_disk(output, backup, checkpoint_bytes=size, estimate_source=source)
 
 
+def _lock_check(settings: Settings, take: bool) -> CheckResult:
+    fix = "stop the other trainer first (docker compose stop train), or give this run another OUTPUT_DIR"
+    if not take:
+        other = run_lock.held_by_other(settings.output_dir)
+        if other:
+            return CheckResult("lock", WARN, f"{other}: `preflight run` would stop", fix)
+        return CheckResult("lock", OK, "no other trainer is using OUTPUT_DIR")
+    fd, problem = run_lock.acquire(settings.output_dir)
+    if fd is None:
+        return CheckResult("lock", FAIL, problem or "", fix)
+    return CheckResult(
+        "lock", OK, f"OUTPUT_DIR locked for this run ({run_lock.LOCK_NAME}, held by the trainer)"
+    )
+
+
 def trainer_environment(
     loaded: LoadedSettings,
     environ: Mapping[str, str],
@@ -254,6 +269,8 @@ def run_preflight(
         )
     else:
         checks.append(CheckResult("trainer", OK, f"{argv[0]} ({settings.trainer_mode} mode)"))
+
+    checks.append(_lock_check(settings, apply and worst(check.status for check in checks) != FAIL))
 
     # `run` changes files (quarantine, install, links) only when it is going to start the trainer: after a
     # failed check it reports what it would have done, as `check` does.

@@ -285,3 +285,39 @@ def test_a_full_logs_volume_never_stops_the_trainer(workspace: Path, tiny_tmpfs:
     assert len(printed) == lines  # the terminal got every line although the log volume filled up
     assert done.stderr.count("WARNING: log file not written from here on: No space left on device") == 1
     assert (tiny_tmpfs / "training.log").stat().st_size > 0
+
+
+def test_one_trainer_per_output_dir(workspace: Path) -> None:
+    holder_code = (
+        "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+        "os.write(fd, b'pid 4242 on other-host since then'); fcntl.flock(fd, fcntl.LOCK_EX); "
+        "print('locked', flush=True); sys.stdin.read()"
+    )
+    (workspace / "output").mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", holder_code, str(workspace / "output" / ".train.lock")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        checked = preflight(workspace, "check", *env_args(workspace))
+        assert checked.returncode == 0 and "another trainer is using" in checked.stdout
+        done = preflight(workspace, "run", *env_args(workspace), "--", "true")
+        assert done.returncode == 3 and "pid 4242 on other-host" in done.stdout
+    finally:
+        holder.communicate("", timeout=30)
+    # Released (the holder ended): the run takes the lock and the trainer it execs holds it.
+    probe = "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY)\ntry:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n    print('free')\nexcept BlockingIOError:\n    print('held')"
+    done = preflight(
+        workspace,
+        "run",
+        *env_args(workspace),
+        "--",
+        sys.executable,
+        "-c",
+        probe,
+        str(workspace / "output" / ".train.lock"),
+    )
+    assert done.returncode == 0 and "held" in done.stdout.splitlines()[-1]
