@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from entrypoint import __version__, run_lock
+from entrypoint.checkpoints.install import give_own_copy
 from entrypoint.checkpoints.pipeline import CheckpointOutcome, resolve_checkpoint
 from entrypoint.checkpoints.validate import Expectation
 from entrypoint.checks.dataset import check_dataset
@@ -25,7 +26,7 @@ from entrypoint.checks.shm import check_shm
 from entrypoint.checks.writable import check_writable
 from entrypoint.cpu_plan import CpuPlan, plan_cpu
 from entrypoint.launch import trainer_problem
-from entrypoint.naming import REPORT_DIR_NAME
+from entrypoint.naming import LAST_NAME, REPORT_DIR_NAME
 from entrypoint.presets import PRESETS
 from entrypoint.probes.cpu import CpuFacts, probe_cpu
 from entrypoint.probes.gpu import GpuFacts, probe_gpu
@@ -280,7 +281,11 @@ def run_preflight(
     checks.append(CheckResult("checkpoint", outcome.status, outcome.message, outcome.fix))
     notes: list[str] = []
     if stock:
-        notes += prepare_stock_layout(settings, apply=act and outcome.status != FAIL)
+        ready = act and outcome.status != FAIL
+        notes += prepare_stock_layout(settings, apply=ready)
+        shared = give_own_copy(settings.output_dir / LAST_NAME, apply=ready)
+        if shared:
+            notes.append(shared)
     report_path = settings.output_dir / REPORT_DIR_NAME / "report.json"
     env = trainer_environment(loaded, environ, cpu, outcome, report_path, gpu.count)
     return PreflightResult(

@@ -34,6 +34,7 @@ from entrypoint.checkpoints.f5_rule import F5Choice, f5_choice
 from entrypoint.checkpoints.quarantine import rename_no_replace
 from entrypoint.checkpoints.verdict import FORMAT_SAFETENSORS, KIND_TRAINING, Verdict
 from entrypoint.durable import fsync_folder, fsync_path
+from entrypoint.errors import CheckFailed
 
 COPY_MARGIN_BYTES = 64 * 1024 * 1024
 
@@ -209,3 +210,37 @@ def _listdir(folder: Path) -> list[str]:
         return os.listdir(folder)
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def give_own_copy(path: Path, *, apply: bool) -> str | None:
+    """F5-TTS's stock trainer rewrites model_last.pt in place; if that file is hard-linked (our trainer backs
+    it up by hard link), the stock save would rewrite the backup too. Replace it by a private copy (temp file,
+    fsync, rename): the linked backup keeps its bytes. Returns what was (or would be) done, None if nothing."""
+    try:
+        links = path.stat().st_nlink
+    except FileNotFoundError:
+        return None
+    if links < 2:
+        return None
+    what = f"{path.name} shares its data with {links - 1} other name(s) (hard-linked backups)"
+    if not apply:
+        return f"{what}: `preflight run` gives it its own copy before F5-TTS's stock trainer writes to it"
+    size = path.stat().st_size
+    free = shutil.disk_usage(path.parent).free
+    if free < size + COPY_MARGIN_BYTES:
+        raise CheckFailed(
+            f"{what}, and there is no room for a private copy ({free / 1e9:.1f} GB free): the stock trainer "
+            "would overwrite the backup",
+            "free space in OUTPUT_DIR or use TRAINER_MODE=safe",
+        )
+    temp = naming.temp_path_for(path)
+    try:
+        shutil.copyfile(path, temp)
+        fsync_path(temp)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    fsync_folder(path.parent)
+    return f"{what}: replaced by its own copy so the stock trainer cannot overwrite the backup"

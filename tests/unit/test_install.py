@@ -150,3 +150,22 @@ def test_across_file_systems_it_copies(
     assert result.actions[0].startswith("copy")
     assert _sha(result.load_path) == _sha(backup)
     assert validate_file(result.load_path, deep=True).valid
+
+
+def test_a_hard_linked_model_last_gets_its_own_copy_before_the_stock_trainer_writes(tmp_path: Path) -> None:
+    from entrypoint.checkpoints.install import give_own_copy
+
+    output, backups = tmp_path / "output", tmp_path / "backups"
+    output.mkdir()
+    backups.mkdir()
+    last = output / "model_last.pt"
+    last.write_bytes(b"checkpoint at update 5000")
+    os.link(last, backups / "model_5000.pt")
+    assert "`preflight run` gives it its own copy" in (give_own_copy(last, apply=False) or "")
+    assert last.stat().st_nlink == 2  # check mode changes nothing
+    assert "replaced by its own copy" in (give_own_copy(last, apply=True) or "")
+    assert last.stat().st_nlink == 1 and (backups / "model_5000.pt").stat().st_nlink == 1
+    with open(last, "wb") as handle:  # what a stock in-place torch.save does
+        handle.write(b"checkpoint at update 5100")
+    assert (backups / "model_5000.pt").read_bytes() == b"checkpoint at update 5000"
+    assert give_own_copy(last, apply=True) is None
