@@ -17,7 +17,7 @@ from entrypoint.checkpoints.install import give_own_copy
 from entrypoint.checkpoints.pipeline import CheckpointOutcome, resolve_checkpoint
 from entrypoint.checkpoints.validate import Expectation
 from entrypoint.checks.dataset import check_dataset
-from entrypoint.checks.disk import check_disk
+from entrypoint.checks.disk import check_disk, saves_needed
 from entrypoint.checks.gpu import check_gpu
 from entrypoint.checks.limits import check_init, check_ulimits
 from entrypoint.checks.logger import check_logger
@@ -153,7 +153,10 @@ def _disk_checks(settings: Settings) -> list[CheckResult]:
             source = f"estimate for {settings.model_preset}"
     output = probe_space(settings.output_dir)
     backup = probe_space(settings.backup_dir) if settings.backup_every_updates else None
-    return check_disk(output, backup, checkpoint_bytes=size, estimate_source=source)
+    # Two bind mounts of one disk show the same device but cannot hard-link: count backups as copies then.
+    shared = backup is not None and backup.device == output.device
+    wanted = saves_needed(settings.keep_checkpoints, settings.backup_keep, shared)
+    return check_disk(output, backup, checkpoint_bytes=size, estimate_source=source, saves_wanted=wanted)
 
 
 def _lock_check(settings: Settings, take: bool) -> CheckResult:

@@ -9,11 +9,23 @@ from __future__ import annotations
 from entrypoint.checks.result import FAIL, OK, WARN, CheckResult, human_bytes
 from entrypoint.probes.storage import SpaceFacts
 
-SAVES_AHEAD_FOR_OK = 3  # the last save, a numbered save and a backup without a warning
+MIN_SAVES_AHEAD = 3  # a model_last.pt temp, a numbered temp and a backup copy can exist at once
+
+
+def saves_needed(keep_checkpoints: int, backup_keep: int, backups_share_disk: bool) -> int:
+    """Checkpoints' worth of space a run needs at its peak: the kept numbered ones plus the temp files of
+    a "last" and a numbered save written at the same update, plus backup copies when they share the disk."""
+    kept = max(keep_checkpoints, 0)
+    return kept + MIN_SAVES_AHEAD + (backup_keep if backups_share_disk else 0)
 
 
 def check_disk(
-    output: SpaceFacts, backup: SpaceFacts | None, *, checkpoint_bytes: int, estimate_source: str
+    output: SpaceFacts,
+    backup: SpaceFacts | None,
+    *,
+    checkpoint_bytes: int,
+    estimate_source: str,
+    saves_wanted: int = MIN_SAVES_AHEAD,
 ) -> list[CheckResult]:
     results = []
     size = human_bytes(checkpoint_bytes)
@@ -32,12 +44,21 @@ def check_disk(
             )
             continue
         free = human_bytes(facts.free_bytes)
-        saves = facts.free_bytes // checkpoint_bytes if checkpoint_bytes else SAVES_AHEAD_FOR_OK
+        wanted = saves_wanted if label == "disk-output" else MIN_SAVES_AHEAD
+        saves = facts.free_bytes // checkpoint_bytes if checkpoint_bytes else wanted
         where = f"{free} free in {facts.existing}, one checkpoint ~{size} ({estimate_source})"
         if checkpoint_bytes and saves < 1:
             results.append(CheckResult(label, FAIL, f"{where}: not even one more save fits", fix))
-        elif saves < SAVES_AHEAD_FOR_OK:
-            results.append(CheckResult(label, WARN, f"{where}: only {saves} more save(s) fit", fix))
+        elif saves < wanted:
+            results.append(
+                CheckResult(
+                    label,
+                    WARN,
+                    f"{where}: only {saves} more save(s) fit, the run needs room for {wanted} at its peak "
+                    "(saves that do not fit are skipped, training goes on)",
+                    fix,
+                )
+            )
         else:
             results.append(CheckResult(label, OK, f"{where}: room for {saves} saves"))
     return results

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from entrypoint.checks.dataset import check_dataset
-from entrypoint.checks.disk import check_disk
+from entrypoint.checks.disk import check_disk, saves_needed
 from entrypoint.checks.limits import check_init, check_ulimits
 from entrypoint.checks.logger import check_logger
 from entrypoint.checks.result import FAIL, OK, WARN, worst
@@ -66,6 +66,14 @@ def test_disk_warns_when_few_saves_fit_and_backups_on_same_fs_are_free() -> None
     results = check_disk(space(11 * GB), space(11 * GB), checkpoint_bytes=5 * GB, estimate_source="x")
     assert results[0].status == WARN and "only 2 more save(s)" in results[0].message
     assert results[1].status == OK and "hard links where the mounts allow" in results[1].message
+
+
+def test_disk_need_counts_kept_checkpoints_temps_and_backup_copies() -> None:
+    assert saves_needed(3, 3, backups_share_disk=False) == 6
+    assert saves_needed(3, 3, backups_share_disk=True) == 9
+    assert saves_needed(-1, 0, backups_share_disk=False) == 3
+    results = check_disk(space(40 * GB), None, checkpoint_bytes=5 * GB, estimate_source="x", saves_wanted=9)
+    assert results[0].status == WARN and "room for 9 at its peak" in results[0].message
 
 
 def test_disk_backup_on_other_disk_is_checked() -> None:
