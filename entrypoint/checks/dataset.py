@@ -9,8 +9,8 @@ from entrypoint.presets import vocab_size_of
 
 REQUIRED_FILES = ("raw.arrow", "duration.json")
 PREPARE_FIX = (
-    "prepare it with `python -m f5_tts.train.datasets.prepare_csv_wavs metadata.csv DATASET_DIR` and point "
-    "DATASET_DIR at it"
+    "prepare it with `python -m f5_tts.train.datasets.prepare_csv_wavs --pretrain metadata.csv DATASET_DIR` "
+    "where training will read it (README: Your own data and model) and point DATASET_DIR at it"
 )
 
 
