@@ -20,7 +20,7 @@ help:
 	@echo "make build / train / preflight-docker / logs / test-image / host-check: see README"
 
 $(VENV)/.stamp-base: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -e .
 	touch $@
 

@@ -7,7 +7,8 @@ file, as `docker compose -f base -f override` merges them). Each configuration m
 count or by device_ids, never both; mount every folder the trainer writes (output, backups, logs)
 read-write where the container-side settings point; give the trainer more time to stop than its
 save-on-SIGTERM bound; run an init process; give DataLoader workers shared memory; and not restart forever
-on a configuration error. Each file is also validated against the Compose specification's JSON schema
+on a configuration error. The path settings that .env passes through unchanged (PRETRAINED_CHECKPOINT,
+VOCAB_FILE, QUARANTINE_DIR) must name a place inside the train service's mounts. Each file is also validated against the Compose specification's JSON schema
 (the copy vendored by check-jsonschema) when that package is installed.
 
 Variables are interpolated from --env-file only (not from this process's environment), so without it the
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import posixpath
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -37,8 +39,16 @@ TRAIN_SERVICE = "train"
 WRITTEN_DIRS = ("OUTPUT_DIR", "BACKUP_DIR", "LOG_DIR")
 READ_DIRS = ("DATASET_DIR",)
 # Path settings that Compose passes through from .env unchanged: an absolute host path there is not
-# visible inside the container.
+# visible inside the container, and a relative one resolves against the image's WORKDIR.
 PASSED_THROUGH_PATHS = ("PRETRAINED_CHECKPOINT", "QUARANTINE_DIR", "VOCAB_FILE")
+CONTAINER_WORKDIR = "/workspace"  # docker/Dockerfile's WORKDIR
+PATH_FIXES = {
+    "PRETRAINED_CHECKPOINT": "put the file in PRETRAINED_DIR and name it data/pretrained/<file>",
+    "VOCAB_FILE": "leave it empty for vocab.txt in DATASET_DIR, or put the file in a mounted folder and name "
+    "it relative to the project folder (e.g. data/dataset/vocab.txt)",
+    "QUARANTINE_DIR": "leave it empty (bad checkpoints are then renamed in place to <name>.corrupted) or use a "
+    "folder under {output}/",
+}
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -425,16 +435,43 @@ def _mount_holding(mounts: Sequence[Mount], inside: str) -> Mount | None:
     return max(holding, key=lambda m: len(PurePosixPath(m.target).parts), default=None)
 
 
-def check_env_file_paths(env: Mapping[str, str]) -> list[str]:
-    """Path settings Compose passes through unchanged must work inside the container too."""
+def check_env_file_paths(env: Mapping[str, str], train: Mapping[str, Any] | None = None) -> list[str]:
+    """Path settings Compose passes through from .env unchanged (those the train service's `environment:`
+    does not pin) must name a mounted place inside the container too: relative ones resolve against the
+    image's working directory, where nothing is mounted. QUARANTINE_DIR must be inside the read-write output
+    mount (quarantining renames within one file system), the others inside any mount."""
+    train = train or {}
+    pinned = environment_of(train)
+    mounts = [volume_mount(item) for item in train.get("volumes") or []]
+    output_dir = pinned.get("OUTPUT_DIR", "")
+    output_mount = _mount_holding(mounts, output_dir) if output_dir.startswith("/") else None
+    # How .env names the output mount: relative to the project folder, as the container resolves it.
+    output_folder = (
+        posixpath.relpath(output_mount.target, CONTAINER_WORKDIR)
+        if output_mount is not None and output_mount.target.startswith(CONTAINER_WORKDIR + "/")
+        else "the output folder"
+    )
     problems = []
     for variable in PASSED_THROUGH_PATHS:
         value = (env.get(variable) or "").strip()
-        if value.startswith("/") and not value.startswith("/workspace/"):
-            problems.append(
-                f"{variable}={value} is an absolute host path, which the container does not see -- use a "
-                "path relative to the project folder inside a mounted folder (e.g. data/pretrained/...)"
+        if not value or variable in pinned:
+            continue
+        inside = PurePosixPath(posixpath.normpath(posixpath.join(CONTAINER_WORKDIR, value)))
+        if value.startswith("~") or (value.startswith("/") and not value.startswith(CONTAINER_WORKDIR + "/")):
+            why = "is an absolute host path, which the container does not see"
+        elif variable == "QUARANTINE_DIR":
+            if output_mount is not None and _mount_holding([output_mount], str(inside)) is not None:
+                continue
+            where = f"({output_mount.target})" if output_mount else "(none found)"
+            why = (
+                f"is {inside} in the container, outside the read-write output mount {where}: quarantined "
+                "checkpoints would stay in the container's writable layer"
             )
+        elif _mount_holding(mounts, str(inside)) is None:
+            why = f"is {inside} in the container, where nothing is mounted"
+        else:
+            continue
+        problems.append(f"{variable}={value} {why} -- {PATH_FIXES[variable].format(output=output_folder)}")
     return problems
 
 
@@ -497,6 +534,7 @@ def check_files(
     configurations = [(base_label, resolve_tags(documents[0]))]
     for path, document in zip(paths[1:], documents[1:], strict=True):
         configurations.append((f"{base_label} + {path}", merge(resolve_tags(documents[0]), document)))
+    path_problems: list[str] = []
     for label, document in configurations:
         try:
             resolved = interpolate(document, env, strict)
@@ -504,8 +542,10 @@ def check_files(
             problems.append(f"{label}: {error}")
             continue
         problems += check_configuration(label, resolved)
-    problems += check_env_file_paths(env)
-    return problems
+        train = (resolved.get("services") or {}).get(TRAIN_SERVICE)
+        # The .env is one file: a path it gets wrong is named once, not once per configuration.
+        path_problems += [line for line in check_env_file_paths(env, train) if line not in path_problems]
+    return problems + path_problems
 
 
 def _read_env_file(path: Path) -> dict[str, str]:

@@ -3,7 +3,8 @@
     python -m entrypoint.host_check [--env-file .env] [--image IMAGE]
 
 One line per check (ok / warn / fail) with the fix. Each check runs one command and hands its exit code and
-output to a pure parser, so the parsers are tested on recorded outputs. Exits 1 when a check failed.
+output to a pure parser (the compute-capability line parses the driver line's nvidia-smi output), so the
+parsers are tested on recorded outputs. Exits 1 when a check failed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from entrypoint.checks.gpu import capability_tuple, capability_verdict
+from entrypoint.checks.result import FAIL, WARN
+
 # The image's default base; its NVIDIA_REQUIRE_CUDA makes the toolkit refuse drivers older than CUDA 12.8.
 DEFAULT_BASE_IMAGE = "nvidia/cuda:12.8.1-base-ubuntu24.04"
 # CUDA 12.8 needs driver 570.26 or newer on Linux (CUDA 12.8 release notes).
@@ -28,6 +32,8 @@ MIN_COMPOSE = (2, 24, 4)
 # Releases before 1.17.8 have the container-escape flaws CVE-2025-23266 / CVE-2025-23267.
 MIN_TOOLKIT = (1, 17, 8)
 COMMAND_TIMEOUT_S = 120.0
+# The MIXED_PRECISION setting's default (entrypoint/settings.py), used when the settings do not load.
+DEFAULT_MIXED_PRECISION = "bf16"
 TOOLKIT_FIX = (
     "install the NVIDIA Container Toolkit, then `sudo nvidia-ctk runtime configure --runtime=docker && "
     "sudo systemctl restart docker` (docs/proxmox.md)"
@@ -57,12 +63,32 @@ def _not_found(rc: int) -> bool:
 # --- parsers: (exit code, combined output) -> HostCheck ---------------------------------------------------
 
 
+NVIDIA_SMI_QUERY = "--query-gpu=index,name,driver_version,memory.total,compute_cap"
+
+
+def _gpu_rows(output: str) -> list[list[str]]:
+    """The rows of NVIDIA_SMI_QUERY's output (a driver that does not know compute_cap leaves it out)."""
+    return [
+        [field.strip() for field in line.split(",")]
+        for line in output.strip().splitlines()
+        if line.count(",") >= 3
+    ]
+
+
 def parse_nvidia_smi(rc: int, output: str) -> HostCheck:
-    """`nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader`."""
+    """`nvidia-smi --query-gpu=index,name,driver_version,memory.total,compute_cap --format=csv,noheader`."""
     name = "NVIDIA driver"
     if _not_found(rc):
         return HostCheck(
             name, "fail", "nvidia-smi not found", "install the NVIDIA driver in this VM (docs/proxmox.md)"
+        )
+    if "is not a valid field to query" in output:
+        # compute_cap arrived in nvidia-smi long before driver 570, so a driver without it is too old anyway.
+        return HostCheck(
+            name,
+            "fail",
+            f"this nvidia-smi does not know compute_cap: the driver is older than {MIN_DRIVER[0]}",
+            "install driver 570 or newer (e.g. `sudo apt install nvidia-driver-570-server`) and reboot",
         )
     if "No devices were found" in output:
         return HostCheck(
@@ -81,13 +107,16 @@ def parse_nvidia_smi(rc: int, output: str) -> HostCheck:
             "rebuild the driver (dkms autoinstall) and reboot; if it fails only after a VM reboot, stop and "
             "start the VM from Proxmox (GPU reset, docs/proxmox.md)",
         )
-    gpus = [line.split(",") for line in output.strip().splitlines() if line.count(",") >= 3]
+    gpus = _gpu_rows(output)
     if not gpus:
         return HostCheck(
             name, "fail", "nvidia-smi lists no GPU", "pass the GPU through to this VM (docs/proxmox.md)"
         )
-    driver = gpus[0][2].strip()
-    described = "; ".join(f"{g[0].strip()}: {g[1].strip()} {g[3].strip()}" for g in gpus)
+    driver = gpus[0][2]
+    described = "; ".join(
+        f"{g[0]}: {g[1]} {g[3]}" + (f", compute {g[4]}" if len(g) > 4 and capability_tuple(g[4]) else "")
+        for g in gpus
+    )
     if version_tuple(driver)[:2] < MIN_DRIVER:
         return HostCheck(
             name,
@@ -96,6 +125,29 @@ def parse_nvidia_smi(rc: int, output: str) -> HostCheck:
             "install driver 570 or newer (e.g. `sudo apt install nvidia-driver-570-server`) and reboot",
         )
     return HostCheck(name, "ok", f"driver {driver}, {len(gpus)} GPU(s): {described}")
+
+
+def parse_compute_capability(rc: int, output: str, mixed_precision: str) -> HostCheck | None:
+    """The GPUs' compute capabilities from NVIDIA_SMI_QUERY's output, against torch's kernels and the
+    MIXED_PRECISION setting; None when nvidia-smi listed no GPU (the driver line says why)."""
+    gpus = _gpu_rows(output) if rc == 0 else []
+    if not gpus:
+        return None
+    name = "GPU compute capability"
+    cards = [(f"GPU {g[0]} {g[1]}", g[4] if len(g) > 4 else None) for g in gpus]
+    verdict = capability_verdict(cards, mixed_precision)
+    if verdict is not None:
+        status, message, fix = verdict
+        return HostCheck(name, {FAIL: "fail", WARN: "warn"}[status], message, fix)
+    unknown = [label for label, cap in cards if capability_tuple(cap) is None]
+    if unknown:
+        return HostCheck(
+            name,
+            "warn",
+            f"nvidia-smi does not report it for {', '.join(unknown)}",
+            "check the card is Volta (7.0) or newer; torch 2.9.1 has no kernels for older ones (docs/proxmox.md)",
+        )
+    return HostCheck(name, "ok", ", ".join(f"{label} {cap}" for label, cap in cards))
 
 
 def parse_ctk_version(rc: int, output: str) -> HostCheck:
@@ -212,7 +264,15 @@ def parse_compose_version(rc: int, output: str) -> HostCheck:
     return HostCheck(name, "ok", f"version {version}")
 
 
-def check_disk(label: str, folder: Path, free_bytes: int, needed_bytes: int) -> HostCheck:
+def disk_needs(checkpoint_bytes: int, keep_checkpoints: int, backup_keep: int) -> tuple[int, int]:
+    """Peak bytes in OUTPUT_DIR and in BACKUP_DIR. OUTPUT_DIR: the numbered checkpoints kept, a numbered
+    temp, model_last.pt and its temp; the two temps coexist when SAVE_EVERY_UPDATES is a multiple of
+    LAST_EVERY_UPDATES. BACKUP_DIR: the backups kept and the temp of the next one."""
+    kept = max(keep_checkpoints, 0)
+    return checkpoint_bytes * (kept + 3), checkpoint_bytes * (backup_keep + 1)
+
+
+def check_disk(label: str, folder: Path, free_bytes: int, needed_bytes: int, fix: str = "") -> HostCheck:
     name = f"free disk ({label})"
     shown = f"{free_bytes / 1e9:.1f} GB free at {folder}"
     if free_bytes < needed_bytes:
@@ -220,7 +280,7 @@ def check_disk(label: str, folder: Path, free_bytes: int, needed_bytes: int) -> 
             name,
             "fail",
             f"{shown}, {needed_bytes / 1e9:.1f} GB needed",
-            f"free space or point {label} at a bigger disk in .env",
+            fix or f"free space or point {label} at a bigger disk in .env",
         )
     return HostCheck(name, "ok", f"{shown} (needs {needed_bytes / 1e9:.1f} GB)")
 
@@ -274,19 +334,26 @@ def disk_checks(env_file: str | None) -> list[HostCheck]:
         if settings.checkpoint_size_gb
         else PRESETS[settings.model_preset].estimated_checkpoint_bytes()
     )
-    kept = max(settings.keep_checkpoints, 0)
-    # model_last.pt, its temp copy during a save, and the numbered checkpoints kept.
-    output_need, backup_need = one * (kept + 2), one * (settings.backup_keep + 1)
-    checks = []
-    devices = []
-    for label, folder, need in (
-        ("OUTPUT_DIR", settings.output_dir, output_need),
-        ("BACKUP_DIR", settings.backup_dir, backup_need),
-    ):
-        existing = _existing(folder)
-        checks.append(check_disk(label, existing, shutil.disk_usage(existing).free, need))
-        devices.append(os.stat(existing).st_dev)
-    checks.append(check_separate_disks(devices[0], devices[1]))
+    output_need, backup_need = disk_needs(one, settings.keep_checkpoints, settings.backup_keep)
+    output_at, backup_at = _existing(settings.output_dir), _existing(settings.backup_dir)
+    output_device, backup_device = os.stat(output_at).st_dev, os.stat(backup_at).st_dev
+    if output_device == backup_device:
+        # One file system holds both, so its free space must cover both.
+        checks = [
+            check_disk(
+                "OUTPUT_DIR + BACKUP_DIR",
+                output_at,
+                shutil.disk_usage(output_at).free,
+                output_need + backup_need,
+                fix="free space, or point BACKUP_DIR at another disk in .env",
+            )
+        ]
+    else:
+        checks = [
+            check_disk("OUTPUT_DIR", output_at, shutil.disk_usage(output_at).free, output_need),
+            check_disk("BACKUP_DIR", backup_at, shutil.disk_usage(backup_at).free, backup_need),
+        ]
+    checks.append(check_separate_disks(output_device, backup_device))
     missing = [
         str(folder)
         for folder in (settings.output_dir, settings.backup_dir, settings.dataset_dir, settings.log_dir)
@@ -304,10 +371,23 @@ def disk_checks(env_file: str | None) -> list[HostCheck]:
     return checks
 
 
-def host_checks(run: Runner, image: str) -> list[HostCheck]:
-    query = "--query-gpu=index,name,driver_version,memory.total"
+def mixed_precision_of(env_file: str | None) -> str:
+    """MIXED_PRECISION from the settings; its default when they do not load (disk_checks says why)."""
+    from entrypoint.errors import ConfigError
+    from entrypoint.settings import load_settings
+
+    try:
+        return load_settings(cli_env_file=env_file).settings.mixed_precision
+    except ConfigError:
+        return DEFAULT_MIXED_PRECISION
+
+
+def host_checks(run: Runner, image: str, mixed_precision: str = DEFAULT_MIXED_PRECISION) -> list[HostCheck]:
+    rc, output = run(["nvidia-smi", NVIDIA_SMI_QUERY, "--format=csv,noheader"])
+    capability = parse_compute_capability(rc, output, mixed_precision)
     return [
-        parse_nvidia_smi(*run(["nvidia-smi", query, "--format=csv,noheader"])),
+        parse_nvidia_smi(rc, output),
+        *([capability] if capability is not None else []),
         parse_ctk_version(*run(["nvidia-ctk", "--version"])),
         parse_docker_runtimes(*run(["docker", "info", "--format", "{{json .Runtimes}}"])),
         parse_docker_gpu_run(
@@ -322,7 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--env-file", help="settings file (default: $ENV_FILE, else ./.env)")
     parser.add_argument("--image", default=DEFAULT_BASE_IMAGE, help="image for the GPU test run")
     args = parser.parse_args(argv)
-    checks = host_checks(run_command, args.image) + disk_checks(args.env_file)
+    checks = host_checks(run_command, args.image, mixed_precision_of(args.env_file)) + disk_checks(
+        args.env_file
+    )
     for check in checks:
         print(check.line())
     failed = [check for check in checks if check.status == "fail"]

@@ -243,7 +243,7 @@ def run_preflight(
     )
     stock = settings.trainer_mode == "stock"
     checks.append(_cpu_check(cpu, cpu_facts, stock))
-    checks.append(check_gpu(gpu, require=settings.require_gpu))
+    checks.append(check_gpu(gpu, require=settings.require_gpu, mixed_precision=settings.mixed_precision))
     workers = STOCK_CLI_WORKERS if stock else cpu.workers
     checks.append(
         check_shm(probe_shm(), workers_total=workers * processes, per_worker_mb=settings.shm_per_worker_mb)

@@ -1,5 +1,8 @@
 """What GPUs this container sees, read from `nvidia-smi -q -x` (torch is not imported: it takes seconds).
 
+The XML report does not always carry the compute capability, so it comes from a second call,
+`nvidia-smi --query-gpu=index,compute_cap --format=csv,noheader`, made only when the first listed GPUs.
+
 A missing tool, a hanging driver or garbage output is a fact to report, never a crash.
 """
 
@@ -13,7 +16,7 @@ import signal
 import subprocess
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 NVIDIA_SMI_TIMEOUT_S = 15.0
@@ -25,6 +28,7 @@ class GpuDevice:
     name: str
     memory_mib: int | None
     uuid: str
+    compute_capability: str | None = None  # "8.9"; None when nvidia-smi could not tell
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class GpuFacts:
 
 
 Runner = Callable[[list[str]], tuple[int, str, str]]
+
+COMPUTE_CAP_QUERY = ["--query-gpu=index,compute_cap", "--format=csv,noheader"]
 
 
 def _run(argv: list[str]) -> tuple[int, str, str]:
@@ -74,6 +80,34 @@ def parse_nvidia_smi_xml(text: str) -> tuple[list[GpuDevice], str | None, str | 
         match = re.match(r"(\d+)\s*MiB", total)
         devices.append(GpuDevice(index, name, int(match.group(1)) if match else None, uuid))
     return devices, driver, cuda
+
+
+def parse_compute_caps(text: str) -> dict[int, str]:
+    """nvidia-smi index -> compute capability from `--query-gpu=index,compute_cap --format=csv,noheader`
+    (`0, 8.9` per line); `[N/A]` and lines that are not such pairs are left out."""
+    caps = {}
+    for line in text.splitlines():
+        index, _, cap = (part.strip() for part in line.partition(","))
+        if index.isdigit() and re.fullmatch(r"\d+\.\d+", cap):
+            caps[int(index)] = cap
+    return caps
+
+
+def _read_compute_caps(tool: str, run: Runner) -> dict[int, str]:
+    # Unknown capabilities are a gap in the report, not a reason to fail: the XML already answered.
+    try:
+        code, stdout, _ = run([tool, *COMPUTE_CAP_QUERY])
+    except (subprocess.TimeoutExpired, OSError):
+        return {}
+    return parse_compute_caps(stdout) if code == 0 else {}
+
+
+def _with_compute_caps(devices: list[GpuDevice], caps: Mapping[int, str]) -> list[GpuDevice]:
+    # nvidia-smi's index is its enumeration order, the order of the <gpu> elements in its XML report.
+    return [
+        replace(device, compute_capability=caps.get(position, device.compute_capability))
+        for position, device in enumerate(devices)
+    ]
 
 
 def _apply_visible_devices(devices: list[GpuDevice], environ: Mapping[str, str]) -> list[GpuDevice]:
@@ -124,4 +158,6 @@ def probe_gpu(
         return GpuFacts(
             (), None, None, "none", "nvidia-smi printed something that is not its XML report", nodes
         )
+    if devices:
+        devices = _with_compute_caps(devices, _read_compute_caps(tool, run))
     return GpuFacts(tuple(_apply_visible_devices(devices, environ)), driver, cuda, "nvidia-smi", None, nodes)

@@ -166,6 +166,92 @@ def test_an_absolute_host_path_passed_through_fails() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        (
+            "QUARANTINE_DIR",
+            "quarantine",
+            "QUARANTINE_DIR=quarantine is /workspace/quarantine in the container, outside the read-write "
+            "output mount (/workspace/data/output): quarantined checkpoints would stay in the container's "
+            "writable layer -- leave it empty",
+        ),
+        (
+            "QUARANTINE_DIR",
+            "data/backups/quarantine",
+            "QUARANTINE_DIR=data/backups/quarantine is /workspace/data/backups/quarantine in the container, "
+            "outside the read-write output mount",
+        ),
+        (
+            "VOCAB_FILE",
+            "/workspace/vocab.txt",
+            "VOCAB_FILE=/workspace/vocab.txt is /workspace/vocab.txt in the container, where nothing is "
+            "mounted -- leave it empty for vocab.txt in DATASET_DIR",
+        ),
+        (
+            "PRETRAINED_CHECKPOINT",
+            "model.safetensors",
+            "PRETRAINED_CHECKPOINT=model.safetensors is /workspace/model.safetensors in the container, where "
+            "nothing is mounted -- put the file in PRETRAINED_DIR and name it data/pretrained/<file>",
+        ),
+        (
+            "PRETRAINED_CHECKPOINT",
+            "data/pretrained/../model.pt",
+            "PRETRAINED_CHECKPOINT=data/pretrained/../model.pt is /workspace/data/model.pt in the container, "
+            "where nothing is mounted",
+        ),
+        ("VOCAB_FILE", "~/vocab.txt", "VOCAB_FILE=~/vocab.txt is an absolute host path"),
+    ],
+)
+def test_a_passed_through_path_outside_the_mounts_fails(variable: str, value: str, expected: str) -> None:
+    problems = check_files(
+        [COMPOSE, CPU, GPU_IDS], {variable: value, "GPU_DEVICE_IDS": "0"}, use_schema=False
+    )
+    # One line for the .env, however many configurations are checked.
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("QUARANTINE_DIR", "data/output/quarantine"),
+        ("QUARANTINE_DIR", "/workspace/data/output/quarantine"),
+        ("VOCAB_FILE", "data/dataset/vocab.txt"),
+        ("VOCAB_FILE", "./data/pretrained/vocab.txt"),
+        ("PRETRAINED_CHECKPOINT", "data/pretrained/model_1250000.safetensors"),
+        ("PRETRAINED_CHECKPOINT", ""),
+    ],
+)
+def test_a_passed_through_path_inside_the_mounts_passes(variable: str, value: str) -> None:
+    assert check_files([COMPOSE, CPU], {variable: value}, use_schema=False) == []
+
+
+def test_a_pinned_path_setting_is_not_checked_against_env(tmp_path: Path) -> None:
+    path = _variant(
+        tmp_path,
+        "  LOG_DIR: /workspace/data/logs\n",
+        "  LOG_DIR: /workspace/data/logs\n  QUARANTINE_DIR: /workspace/data/output/quarantine\n",
+    )
+    assert check_files([path], {"QUARANTINE_DIR": "quarantine"}, use_schema=False) == []
+
+
+def test_quarantine_follows_the_output_mount(tmp_path: Path) -> None:
+    moved = tmp_path / "compose.yaml"
+    moved.write_text(
+        COMPOSE.read_text()
+        .replace("target: /workspace/data/output\n", "target: /workspace/out\n")
+        .replace("OUTPUT_DIR: /workspace/data/output", "OUTPUT_DIR: /workspace/out")
+    )
+    assert check_files([moved], {"QUARANTINE_DIR": "out/quarantine"}, use_schema=False) == []
+    problems = check_files([moved], {"QUARANTINE_DIR": "data/output/quarantine"}, use_schema=False)
+    assert problems == [
+        "QUARANTINE_DIR=data/output/quarantine is /workspace/data/output/quarantine in the container, outside "
+        "the read-write output mount (/workspace/out): quarantined checkpoints would stay in the container's "
+        "writable layer -- leave it empty (bad checkpoints are then renamed in place to <name>.corrupted) or "
+        "use a folder under out/"
+    ]
+
+
 def test_unparsable_yaml_names_the_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "compose.yaml"
     path.write_text("services:\n  train:\n    init: [true\n")

@@ -14,8 +14,10 @@ from entrypoint.host_check import (
     check_disk,
     check_separate_disks,
     disk_checks,
+    disk_needs,
     host_checks,
     parse_compose_version,
+    parse_compute_capability,
     parse_ctk_version,
     parse_docker_gpu_run,
     parse_docker_runtimes,
@@ -33,7 +35,47 @@ def recorded(name: str) -> str:
 def test_driver_ok_lists_the_gpus() -> None:
     check = parse_nvidia_smi(0, recorded("nvidia-smi-two-gpus.txt"))
     assert check.status == "ok"
-    assert check.message.startswith("driver 570.133.20, 2 GPU(s): 0: NVIDIA GeForce RTX 4090 24564 MiB")
+    assert check.message.startswith(
+        "driver 570.133.20, 2 GPU(s): 0: NVIDIA GeForce RTX 4090 24564 MiB, compute 8.9; 1: "
+    )
+
+
+def test_compute_capability_of_supported_gpus() -> None:
+    check = parse_compute_capability(0, recorded("nvidia-smi-two-gpus.txt"), "bf16")
+    assert check is not None and check.line() == (
+        "[  ok] GPU compute capability: GPU 0 NVIDIA GeForce RTX 4090 8.9, GPU 1 NVIDIA GeForce RTX 4090 8.9"
+    )
+
+
+def test_a_pascal_card_fails_naming_it() -> None:
+    check = parse_compute_capability(0, recorded("nvidia-smi-pascal-and-turing.txt"), "fp16")
+    assert check is not None and check.status == "fail"
+    assert check.message.startswith(
+        "GPU 0 Tesla P40 (compute capability 6.1): torch 2.9.1 has no kernels for it"
+    )
+    assert "Tesla T4" not in check.message and "7.0 or newer" in check.fix
+
+
+@pytest.mark.parametrize(("precision", "status"), [("bf16", "warn"), ("fp16", "ok"), ("no", "ok")])
+def test_bf16_before_ampere_warns(precision: str, status: str) -> None:
+    check = parse_compute_capability(0, recorded("nvidia-smi-turing.txt"), precision)
+    assert check is not None and check.status == status
+    if status == "warn":
+        assert "Tesla T4 (compute capability 7.5)" in check.message
+        assert check.fix == "set MIXED_PRECISION=fp16 in .env"
+
+
+def test_no_capability_line_without_gpus_and_a_warning_when_unreported() -> None:
+    assert parse_compute_capability(6, recorded("nvidia-smi-no-devices.txt"), "bf16") is None
+    assert parse_compute_capability(127, "", "bf16") is None
+    unreported = parse_compute_capability(0, "0, Tesla T4, 570.133.20, 15360 MiB, [N/A]\n", "bf16")
+    assert unreported is not None and unreported.status == "warn"
+    assert "does not report it for GPU 0 Tesla T4" in unreported.message
+
+
+def test_an_nvidia_smi_without_compute_cap_is_an_old_driver() -> None:
+    check = parse_nvidia_smi(2, recorded("nvidia-smi-no-compute-cap-field.txt"))
+    assert check.status == "fail" and "older than 570" in check.message and "570 or newer" in check.fix
 
 
 def test_an_old_driver_fails_with_the_minimum() -> None:
@@ -109,6 +151,18 @@ def test_the_commands_run_are_the_documented_ones() -> None:
     assert [check.status for check in checks] == ["fail"] * 5
     assert ["docker", "run", "--rm", "--gpus", "all", "img:1", "nvidia-smi", "-L"] in seen
     assert ["nvidia-ctk", "--version"] in seen
+    query = "--query-gpu=index,name,driver_version,memory.total,compute_cap"
+    assert ["nvidia-smi", query, "--format=csv,noheader"] in seen
+
+
+def test_the_capability_line_follows_the_driver_line_and_the_setting() -> None:
+    def fake_run(argv: Sequence[str]) -> tuple[int, str]:
+        return (0, recorded("nvidia-smi-turing.txt")) if argv[0] == "nvidia-smi" else (127, "")
+
+    checks = host_checks(fake_run, "img:1", mixed_precision="bf16")
+    assert [check.name for check in checks[:2]] == ["NVIDIA driver", "GPU compute capability"]
+    assert checks[1].status == "warn"
+    assert host_checks(fake_run, "img:1", mixed_precision="fp16")[1].status == "ok"
 
 
 def test_run_command_reports_a_missing_program_as_127() -> None:
@@ -117,13 +171,17 @@ def test_run_command_reports_a_missing_program_as_127() -> None:
     assert rc == 3 and "out" in output and "err" in output
 
 
-def test_disk_checks_against_real_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("output", "backups", "dataset", "logs"):
-        (tmp_path / name).mkdir()
+def test_disk_needs_count_both_temps() -> None:
+    # KEEP_CHECKPOINTS numbered + a numbered temp + model_last.pt + its temp; BACKUP_KEEP + one temp.
+    assert disk_needs(10, keep_checkpoints=3, backup_keep=2) == (60, 30)
+    assert disk_needs(10, keep_checkpoints=-1, backup_keep=1) == (30, 20)
+
+
+def _env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, output: Path, backups: Path) -> Path:
     env = tmp_path / ".env"
     env.write_text(
-        f"OUTPUT_DIR={tmp_path / 'output'}\nBACKUP_DIR={tmp_path / 'backups'}\nDATASET_DIR={tmp_path / 'dataset'}\n"
-        f"LOG_DIR={tmp_path / 'logs'}\nCHECKPOINT_SIZE_GB=0.001\nKEEP_CHECKPOINTS=3\n"
+        f"OUTPUT_DIR={output}\nBACKUP_DIR={backups}\nDATASET_DIR={tmp_path / 'dataset'}\n"
+        f"LOG_DIR={tmp_path / 'logs'}\nCHECKPOINT_SIZE_GB=1\nKEEP_CHECKPOINTS=3\nBACKUP_KEEP=3\n"
     )
     for name in (
         "OUTPUT_DIR",
@@ -132,18 +190,47 @@ def test_disk_checks_against_real_folders(tmp_path: Path, monkeypatch: pytest.Mo
         "LOG_DIR",
         "CHECKPOINT_SIZE_GB",
         "KEEP_CHECKPOINTS",
+        "BACKUP_KEEP",
     ):
         monkeypatch.delenv(name, raising=False)
+    return env
+
+
+def test_disk_checks_against_real_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("output", "backups", "dataset", "logs"):
+        (tmp_path / name).mkdir()
+    env = _env_file(tmp_path, monkeypatch, tmp_path / "output", tmp_path / "backups")
     checks = {check.name: check for check in disk_checks(str(env))}
-    assert checks["free disk (OUTPUT_DIR)"].status == "ok"
-    assert checks["free disk (OUTPUT_DIR)"].message.endswith("(needs 0.0 GB)")
-    # Both folders are in tmp_path: one file system, which the check must call out.
+    # Both folders are in tmp_path: one file system, whose free space must hold (3 + 3) + (3 + 1) GB.
+    both = checks["free disk (OUTPUT_DIR + BACKUP_DIR)"]
+    assert "10.0 GB" in both.message, both.message
+    if both.status == "fail":
+        assert "point BACKUP_DIR at another disk" in both.fix
+    assert "free disk (OUTPUT_DIR)" not in checks
     assert checks["backup disk"].status == "warn"
     assert "folders" not in checks
 
     (tmp_path / "logs").rmdir()
     checks = {check.name: check for check in disk_checks(str(env))}
     assert checks["folders"].status == "fail" and f"mkdir -p {tmp_path / 'logs'}" in checks["folders"].fix
+
+
+def test_disk_checks_on_two_file_systems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm as a file system apart from the temporary folder")
+    for name in ("output", "dataset", "logs"):
+        (tmp_path / name).mkdir()
+    backups = shm / f"f5tts-host-check-{os.getpid()}"
+    backups.mkdir()
+    try:
+        env = _env_file(tmp_path, monkeypatch, tmp_path / "output", backups)
+        checks = {check.name: check for check in disk_checks(str(env))}
+    finally:
+        backups.rmdir()
+    assert "6.0 GB" in checks["free disk (OUTPUT_DIR)"].message
+    assert "4.0 GB" in checks["free disk (BACKUP_DIR)"].message
+    assert checks["backup disk"].status == "ok"
 
 
 def test_disk_and_separate_disk_verdicts() -> None:
@@ -158,9 +245,12 @@ def test_main_prints_one_line_per_check_and_exits_1_on_failure(
 ) -> None:
     monkeypatch.setattr(host_check, "run_command", lambda argv: (127, ""))
     env = tmp_path / ".env"
+    # A tiny checkpoint size, so the disk lines pass on any machine and only the five commands fail.
     env.write_text(
         f"OUTPUT_DIR={tmp_path}\nBACKUP_DIR={tmp_path}\nDATASET_DIR={tmp_path}\nLOG_DIR={tmp_path}\n"
+        "CHECKPOINT_SIZE_GB=0.001\n"
     )
+    monkeypatch.delenv("CHECKPOINT_SIZE_GB", raising=False)
     assert host_check.main(["--env-file", str(env)]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("[fail] NVIDIA driver: nvidia-smi not found -- ")
