@@ -17,7 +17,11 @@ from pathlib import Path
 from entrypoint.naming import numbered_update, temp_path_for
 from entrypoint.train.safe_save import fsync_folder, quick_validate
 
-_COPY_CHUNK = 64 << 20
+_COPY_CHUNK = 64 << 20  # the stop request is checked between chunks: a stop waits at most one chunk
+
+
+class CopyAborted(OSError):
+    """A backup copy gave way to a stop request; its temp file is removed, the previous backups stay."""
 
 
 @dataclass(frozen=True)
@@ -36,13 +40,15 @@ def same_file_system(a: Path, b: Path) -> bool:
     return os.stat(a).st_dev == os.stat(b).st_dev
 
 
-def _copy_durably(source: Path, final: Path) -> None:
+def _copy_durably(source: Path, final: Path, should_abort: Callable[[], bool] | None = None) -> None:
     temp = temp_path_for(final)
     try:
         with open(source, "rb") as reader, open(temp, "xb") as writer:
             size = os.fstat(reader.fileno()).st_size
             offset = 0
             while offset < size:
+                if should_abort is not None and should_abort():
+                    raise CopyAborted(errno.ECANCELED, "stop requested, copy abandoned")
                 # copy_file_range stays in the kernel (and may reflink); fall back to read/write.
                 try:
                     sent = os.copy_file_range(
@@ -83,8 +89,19 @@ def _link_durably(source: Path, final: Path) -> None:
         raise
 
 
-def make_backup(source: Path, backup_dir: Path, update: int, *, allow_copy: bool = True) -> BackupResult:
-    """Back up `source` (a saved, validated model_last.pt) as backup_dir/model_<update>.pt."""
+def make_backup(
+    source: Path,
+    backup_dir: Path,
+    update: int,
+    *,
+    allow_copy: bool = True,
+    should_abort: Callable[[], bool] | None = None,
+) -> BackupResult:
+    """Back up `source` (a saved, validated model_last.pt) as backup_dir/model_<update>.pt.
+
+    A copy checks `should_abort` before each chunk and gives up when it returns True (a stop request):
+    the stop then waits for one chunk at most, not the whole copy.
+    """
     final = backup_dir / backup_name(update)
     try:
         backup_dir.mkdir(parents=True, exist_ok=True)
@@ -104,9 +121,11 @@ def make_backup(source: Path, backup_dir: Path, update: int, *, allow_copy: bool
         if not method:
             if not allow_copy:
                 return BackupResult(final, False, "", "backup copy skipped while stopping")
-            _copy_durably(source, final)
+            _copy_durably(source, final, should_abort)
             method = "copy"
         fsync_folder(backup_dir)
+    except CopyAborted:
+        return BackupResult(final, False, "", "backup copy abandoned for the stop; the previous backups stay")
     except OSError as error:
         return BackupResult(final, False, "", f"backup of {source.name} failed: {error}")
     valid, cause = quick_validate(final)
@@ -142,12 +161,18 @@ class BackupPolicy:
     """Decides when a "last" save gets a backup and keeps BACKUP_KEEP of them."""
 
     def __init__(
-        self, backup_dir: Path, every_updates: int, keep: int, log: Callable[[str], None] = print
+        self,
+        backup_dir: Path,
+        every_updates: int,
+        keep: int,
+        log: Callable[[str], None] = print,
+        should_abort: Callable[[], bool] | None = None,
     ) -> None:
         self.backup_dir = backup_dir
         self.every_updates = every_updates
         self.keep = keep
         self._log = log
+        self._should_abort = should_abort
 
     def due(self, update: int) -> bool:
         return self.every_updates > 0 and update > 0 and update % self.every_updates == 0
@@ -156,7 +181,9 @@ class BackupPolicy:
         """Back up a just-saved model_last.pt when due. While stopping, only an instant hard link is made."""
         if not self.due(update):
             return None
-        result = make_backup(last_path, self.backup_dir, update, allow_copy=not stopping)
+        result = make_backup(
+            last_path, self.backup_dir, update, allow_copy=not stopping, should_abort=self._should_abort
+        )
         if not result.made:
             self._log(f"WARNING: {result.message}")
             return result

@@ -4,6 +4,8 @@ paths, and its "CustomDatasetPath" branch is broken in 1.1.22)."""
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,19 @@ def read_durations(dataset_dir: Path) -> list[float]:
     return [float(value) for value in durations]
 
 
+def check_audio_paths(arrow: Path, audio_paths: Sequence[str]) -> None:
+    """Every clip's audio file must exist: prepare_csv_wavs stores absolute paths, so a dataset prepared
+    elsewhere (on the host) and mounted at another path would only fail later, inside a DataLoader worker."""
+    missing = [path for path in audio_paths if not os.path.exists(path)]
+    if missing:
+        raise CheckFailed(
+            f"{len(missing)} of {len(audio_paths)} audio files named in {arrow} do not exist "
+            f"(the first: {missing[0]})",
+            "prepare the dataset where it will be read: inside the container, with paths under "
+            "/workspace/data/dataset, or mount the audio at the same path",
+        )
+
+
 def load_train_dataset(dataset_dir: Path, mel_spec_kwargs: dict[str, Any]) -> Any:
     """F5-TTS's CustomDataset over DATASET_DIR/raw.arrow with DATASET_DIR/duration.json."""
     from datasets import Dataset
@@ -49,4 +64,5 @@ def load_train_dataset(dataset_dir: Path, mel_spec_kwargs: dict[str, Any]) -> An
         )
     if len(rows) == 0:
         raise CheckFailed(f"{arrow} has no rows", "prepare a dataset with at least one clip")
+    check_audio_paths(arrow, rows["audio_path"])
     return CustomDataset(rows, durations=durations, preprocessed_mel=False, **mel_spec_kwargs)

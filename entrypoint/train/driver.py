@@ -25,6 +25,9 @@ from entrypoint.settings import Settings, load_settings
 from entrypoint.train.commands import vocab_file_for
 
 CHECKPOINT_KINDS = ("training", "pretrained", "scratch")
+# Training ended (stopped or finished) but its final model_last.pt could not be saved: the newest saved
+# state is older than the update reached. Distinct from the preflight's codes 1-4.
+EXIT_LAST_NOT_SAVED = 5
 TENSORBOARD_SUBDIR = "tensorboard"
 
 
@@ -108,16 +111,46 @@ class _StoppableLoader:
 
     def __iter__(self) -> Iterator[Any]:
         self._trainer.check_stop()
+        # With several processes and BATCH_SIZE_TYPE=frame, F5-TTS turns off even_batches: ranks may get
+        # different batch counts, and check_stop's per-batch all-reduce on the rank with more batches would
+        # meet the other rank's DDP collectives (a hang). Every rank stops at the smallest count instead.
+        limit = self._trainer.common_batch_count(self.inner)
         if not self._iterated:
             # The first iteration forks the data loader's workers: let the commit thread go idle first so
             # no child starts with a lock (an output stream's, the log tee's) held by that thread.
             self._iterated = True
             self._trainer.saver.wait()
-        for batch in self.inner:
-            yield batch
-            if self._trainer.accelerator.sync_gradients:
-                self._trainer.update_count += 1
-            self._trainer.check_stop()
+        if limit is not None and limit <= 0:
+            self._end_epoch_early()  # another rank has no batch at all this epoch
+            return
+        batches = iter(self.inner)
+        count = 0
+        cut_short = False
+        try:
+            for batch in batches:
+                count += 1
+                yield batch
+                if self._trainer.accelerator.sync_gradients:
+                    self._trainer.update_count += 1
+                self._trainer.check_stop()
+                if limit is not None and count >= limit:
+                    cut_short = True  # leave before fetching a batch the other ranks do not have
+                    break
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+            if cut_short:
+                self._end_epoch_early()
+
+    def _end_epoch_early(self) -> None:
+        # What accelerate's DataLoaderShard does at the natural end of an epoch, skipped by leaving early:
+        # the next epoch's shuffle seed, and its end-of-loader bookkeeping.
+        if isinstance(getattr(self.inner, "iteration", None), int):
+            self.inner.iteration += 1
+        end = getattr(self.inner, "end", None)
+        if callable(end):
+            end()
 
     def __len__(self) -> int:
         return len(self.inner)
@@ -163,6 +196,7 @@ def _make_trainer_class() -> type:
             self.update_count = 0
             self.last_saved_update: int | None = None  # newest model_last.pt that is durable and valid
             self.last_started_update: int | None = None  # newest model_last.pt written, maybe not committed
+            self.exit_code = EXIT_OK
             if tensorboard_dir is not None and self.is_main:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
@@ -173,8 +207,11 @@ def _make_trainer_class() -> type:
                     )
                 else:
                     # F5-TTS would write into ./runs/<name>, relative to wherever the process started.
+                    from entrypoint.train.metrics import GuardedWriter
+
                     self.logger = "tensorboard"
-                    self.writer = SummaryWriter(log_dir=str(tensorboard_dir))
+                    # F5-TTS calls add_scalar unguarded: a full disk must cost the metrics, not the run.
+                    self.writer = GuardedWriter(SummaryWriter(log_dir=str(tensorboard_dir)))
             self._wrap_accelerator()
 
         # --- stopping between updates -------------------------------------------------------------------
@@ -212,17 +249,57 @@ def _make_trainer_class() -> type:
             if reason:
                 raise TrainingStopped(self.update_count, reason)
 
+        def common_batch_count(self, loader: Any) -> int | None:
+            """The smallest batch count of `loader` over all processes (None: one process, or no length)."""
+            if self.accelerator.num_processes <= 1:
+                return None
+            try:
+                mine = len(loader)
+            except TypeError:
+                mine = -1  # no length: a huge count, so the other ranks decide
+            count = torch.tensor([mine if mine >= 0 else 2**62], device=self.accelerator.device)
+            return int(self.accelerator.reduce(count, reduction="min").item())
+
         def train(
             self, train_dataset: Any, num_workers: int = 1, resumable_with_seed: int | None = None
-        ) -> None:
+        ) -> int:
+            """Train; returns the exit code: 0, or EXIT_LAST_NOT_SAVED when the final save failed."""
             try:
                 super().train(train_dataset, num_workers=num_workers, resumable_with_seed=resumable_with_seed)
-                self.saver.wait()
-                print(f"Finished {self.epochs} epochs at update {self.update_count}", flush=True)
+                update = self.update_count
+                # F5-TTS's loop ended with its own last save; a failed commit of it gets one retry here.
+                if update != self.start_update and not self.save_last_and_wait(update):
+                    self.exit_code = EXIT_LAST_NOT_SAVED
+                print(f"Finished {self.epochs} epochs at update {update}", flush=True)
+                self.close_writer()
             except TrainingStopped as stopped:
                 self.finish_stopped(stopped)
             finally:
                 self.saver.close()  # every pending commit reaches the disk before the process ends
+            return self.exit_code
+
+        def save_last_and_wait(self, update: int) -> bool:
+            """Save model_last.pt at `update` (unless started already), wait until durable; one retry when
+            the commit of an already-started save failed. True when model_last.pt holds `update`."""
+            self.save_checkpoint(update, last=True)
+            self.saver.wait()
+            if not self.is_main:
+                return True
+            if self.last_saved_update != update and self.last_started_update == update:
+                # Started but not committed (a failed fsync or rename): the skip in save_checkpoint must
+                # not count it as done. Main process only, without the barrier the other ranks don't join.
+                self.last_started_update = None
+                print(f"Retrying the save of model_last.pt at update {update}", flush=True)
+                self._start_last_save(update)
+                self.saver.wait()
+            if self.last_saved_update != update:
+                print(
+                    f"WARNING: model_last.pt could not be saved at update {update}; the newest saved "
+                    f"state is update {self.last_saved_update} (see the lines above)",
+                    flush=True,
+                )
+                return False
+            return True
 
         def finish_stopped(self, stopped: TrainingStopped) -> None:
             update, reason = stopped.update, stopped.reason
@@ -232,19 +309,17 @@ def _make_trainer_class() -> type:
             else:
                 if self.is_main and self.last_started_update != update:
                     print(f"Stopping ({reason}) at update {update}: saving model_last.pt", flush=True)
-                self.save_checkpoint(update, last=True)
-                self.saver.wait()
-                if self.is_main and self.last_saved_update != update:
-                    print(
-                        f"WARNING: model_last.pt could not be saved at update {update}; the newest saved "
-                        f"state is update {self.last_saved_update} (see the lines above)"
-                    )
+                if not self.save_last_and_wait(update):
+                    self.exit_code = EXIT_LAST_NOT_SAVED
                 print(f"Stopped by {reason} at update {update}", flush=True)
             for name in self.stop.repeated():
                 print(f"{name} received again while stopping: ignored, the final save was not interrupted")
-            if self.logger == "tensorboard" and self.is_main:
-                self.writer.close()
+            self.close_writer()
             self.accelerator.end_training()
+
+        def close_writer(self) -> None:
+            if self.logger == "tensorboard" and self.is_main and getattr(self, "writer", None) is not None:
+                self.writer.close()
 
         # --- saving -------------------------------------------------------------------------------------
         def checkpoint_dict(self, update: int) -> dict[str, Any]:
@@ -263,18 +338,21 @@ def _make_trainer_class() -> type:
                 return
             if last:
                 if self.last_started_update == update:
-                    return  # the loop's own save at this update already wrote it
-                on_done = partial(self._last_saved, update)
-                # When stopping, the exit waits for this file to be durable: start the disk writes at once.
-                eager = self.stop.requested
-                if self.saver.start(self.checkpoint_dict(update), LAST_NAME, on_done, eager_writeback=eager):
-                    self.last_started_update = update
+                    return  # the loop's own save at this update already wrote it (retried if it failed)
+                self._start_last_save(update)
                 return
             if self.keep_last_n_checkpoints == 0:
                 return
             self.saver.start(
                 self.checkpoint_dict(update), f"model_{update}.pt", partial(self._numbered_saved, update)
             )
+
+        def _start_last_save(self, update: int) -> None:
+            on_done = partial(self._last_saved, update)
+            # When stopping, the exit waits for this file to be durable: start the disk writes at once.
+            eager = self.stop.requested
+            if self.saver.start(self.checkpoint_dict(update), LAST_NAME, on_done, eager_writeback=eager):
+                self.last_started_update = update
 
         # Called on the commit thread once the file is durable under its final name.
         def _last_saved(self, update: int, result: Any) -> None:
@@ -435,7 +513,12 @@ def build_trainer(settings: Settings, plan: LaunchPlan, model: Any, stop: Any) -
     trainer_class = _make_trainer_class()
     backups = None
     if settings.backup_every_updates > 0:
-        backups = BackupPolicy(settings.backup_dir, settings.backup_every_updates, settings.backup_keep)
+        backups = BackupPolicy(
+            settings.backup_dir,
+            settings.backup_every_updates,
+            settings.backup_keep,
+            should_abort=lambda: stop.requested,
+        )
     return trainer_class(
         model,
         plan=plan,
@@ -496,8 +579,7 @@ def run(settings: Settings, plan: LaunchPlan) -> int:
         f"mixed precision {mixed_precision_for(settings)}, checkpoints in {settings.output_dir}",
         flush=True,
     )
-    trainer.train(dataset, num_workers=plan.workers, resumable_with_seed=settings.seed)
-    return EXIT_OK
+    return trainer.train(dataset, num_workers=plan.workers, resumable_with_seed=settings.seed)
 
 
 def _offline_environment() -> None:

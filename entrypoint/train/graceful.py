@@ -6,8 +6,9 @@ reported and otherwise ignored: the save goes on, and even a SIGKILL at that mom
 because every save writes a temp file and renames it (see safe_save).
 
 Bound from the signal to the exit: the rest of the current update (one optimizer step over
-GRAD_ACCUMULATION_STEPS batches), plus a numbered save if that update was due one, plus one save of
-model_last.pt (skipped when that update already saved it), plus the interpreter's exit. A container
+GRAD_ACCUMULATION_STEPS batches), plus at most two checkpoint writes (a numbered save if that update was due
+one or a commit in flight, and one save of model_last.pt, skipped when that update already saved it), plus
+the interpreter's exit. A backup copy in flight gives up within one chunk (see backups). A container
 runtime's stop grace period must exceed this; see docs/trainer.md for figures.
 """
 

@@ -2,7 +2,7 @@
 
 A save serializes the state into a temp file in the same folder (named by `entrypoint.naming.temp_path_for`,
 which the preflight recognises and F5-TTS's own selection ignores); then, on a background thread, fsyncs it,
-checks its zip structure, renames it over the final name, fsyncs the folder and validates the result. Until
+checks its zip structure, validates it, renames it over the final name and fsyncs the folder. Until
 the rename the previous file is untouched; after it the new one is complete on disk. Before writing, the free
 space is compared with the size of the save; a save that cannot fit is skipped with a loud log line and
 training goes on with the previous file in place.
@@ -33,6 +33,14 @@ SPACE_MARGIN_FRACTION = 0.01
 
 _SYNC_FILE_RANGE_WRITE = 2  # from <linux/fs.h>: start writeback of dirty pages, do not wait
 _WRITEBACK_INTERVAL_S = 0.05
+
+
+class NotValid(OSError):
+    """The written temp file fails validation: it was removed, the previous file stays."""
+
+
+class RenamedNotDurable(OSError):
+    """The new file replaced the old one, but the folder fsync failed: the rename may not survive a power cut."""
 
 
 @dataclass(frozen=True)
@@ -181,10 +189,13 @@ def write_temp(final: Path, write: Callable[[Path], None], *, eager_writeback: b
     return temp
 
 
-def commit_temp(temp: Path, final: Path) -> int:
-    """fsync `temp`, check it is a complete zip, rename it over `final`, fsync the folder; returns its size.
+def commit_temp(temp: Path, final: Path, validate: Callable[[Path], tuple[bool, str]] | None = None) -> int:
+    """fsync `temp`, check it is a complete zip (and passes `validate`), rename it over `final`, fsync the
+    folder; returns its size.
 
-    On failure the temp file is removed (it is ours and unfinished) and `final` is untouched.
+    Before the rename a failure removes the temp file (it is ours and unfinished) and `final` is untouched;
+    a file that fails `validate` raises NotValid. A failing folder fsync after the rename raises
+    RenamedNotDurable: `final` is the new file by then.
     """
     try:
         fd = os.open(temp, os.O_RDONLY)
@@ -196,12 +207,19 @@ def commit_temp(temp: Path, final: Path) -> int:
         cause = zip_structure_cause(temp)
         if cause:
             raise OSError(errno.EIO, f"the written file is not complete ({cause})")
+        if validate is not None:
+            valid, cause = validate(temp)
+            if not valid:
+                raise NotValid(errno.EIO, f"the written file does not validate ({cause})")
         os.replace(temp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             temp.unlink()
         raise
-    fsync_folder(final.parent)
+    try:
+        fsync_folder(final.parent)
+    except OSError as error:
+        raise RenamedNotDurable(error.errno, f"folder fsync failed: {error.strerror or error}") from error
     return size
 
 
@@ -258,19 +276,30 @@ class SafeSaver:
         return True
 
     def _commit(self, temp: Path, final: Path, on_done: Callable[[SaveResult], None] | None) -> SaveResult:
+        # Validated before the rename: a bad new file must never replace the good previous one.
         try:
-            size = commit_temp(temp, final)
+            size = commit_temp(temp, final, validate=quick_validate)
+        except RenamedNotDurable as error:
+            # The rename happened: the new, validated file is in place; only its durability is in doubt.
+            size = final.stat().st_size if final.exists() else 0
+            self.last_size = size or self.last_size
+            message = (
+                f"saved {final.name} (it replaced the previous file) but {error}: after a power cut the "
+                "previous file may come back; training goes on"
+            )
+            self._log(f"WARNING: {message}")
+            result = SaveResult(final, True, size, True, message)
+        except NotValid as error:
+            message = f"NOT SAVED {final.name}: {error}; the previous file stays, training goes on"
+            self._log(f"ERROR: {message}")
+            result = SaveResult(final, False, 0, False, message)
         except OSError as error:
             message = f"NOT SAVED {final.name}: {error}; the previous file stays, training goes on"
             self._log(f"WARNING: {message}")
             result = SaveResult(final, False, 0, False, message)
         else:
             self.last_size = size
-            valid, cause = quick_validate(final)
-            message = "" if valid else f"saved {final.name} but it does not validate: {cause}"
-            if not valid:
-                self._log(f"ERROR: {message}")
-            result = SaveResult(final, True, size, valid, message)
+            result = SaveResult(final, True, size, True, "")
         if on_done is not None:
             try:
                 on_done(result)

@@ -52,5 +52,11 @@ def test_second_run_resumes_at_saved_update_with_saved_weights(dataset: Path, tm
     steps = {float(state["step"]) for state in after["optimizer_state_dict"]["state"].values()}
     assert steps == {6.0}
     assert after["scheduler_state_dict"]["last_epoch"] == 6
+    # The EMA continued too: its update counter counts all 6 updates (2 if it had restarted), and the
+    # resumed EMA weights started from the saved ones, not from a copy of the model.
+    saved_ema, after_ema = saved["ema_model_state_dict"], after["ema_model_state_dict"]
+    assert bool(saved_ema["initted"]) and bool(after_ema["initted"])
+    assert int(saved_ema["step"]) > 0
+    assert int(after_ema["step"]) == int(saved_ema["step"]) + 2
     log = (Path(values["LOG_DIR"]) / "training.log").read_text(encoding="utf-8")
     assert "Resuming from" in log and "Stopped by MAX_UPDATES=6 at update 6" in log

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from entrypoint.naming import temp_target
+from entrypoint.train import backups as backups_module
 from entrypoint.train.backups import BackupPolicy, make_backup, same_file_system
 from entrypoint.train.safe_save import SafeSaver
 
@@ -110,3 +111,28 @@ def test_bind_mount_of_the_same_file_system_falls_back_to_a_copy(tmp_path: Path)
         assert (real / "model_3.pt").read_bytes() == last.read_bytes()
     finally:
         subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_copy_gives_way_to_a_stop_request_and_leaves_previous_backups(
+    tmp_path: Path, other_file_system: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A copy already running on the commit thread when SIGTERM arrives must not stretch the stop by a whole
+    # (multi-GB) copy: it checks the request between chunks (small chunks here, for a small file).
+    monkeypatch.setattr(backups_module, "_COPY_CHUNK", 1024)
+    output = tmp_path / "output"
+    policy_log: list[str] = []
+    checks: list[int] = []
+
+    def stop_after_two_chunks() -> bool:
+        checks.append(1)
+        return len(checks) > 2
+
+    first = make_backup(_save_last(output, 2), other_file_system, 2)
+    assert first.made and first.method == "copy"
+    policy = BackupPolicy(other_file_system, 2, 3, log=policy_log.append, should_abort=stop_after_two_chunks)
+    result = policy.after_last_save(_save_last(output, 4), 4)
+    assert result is not None and not result.made
+    assert len(checks) == 3  # stopped at the third chunk, not after the whole file
+    assert "abandoned" in result.message and any("abandoned" in line for line in policy_log)
+    assert sorted(p.name for p in other_file_system.iterdir()) == ["model_2.pt"]  # no temp file left
+    assert torch.load(other_file_system / "model_2.pt", weights_only=True)["update"] == 2

@@ -163,3 +163,37 @@ def test_rotation_keep_all(tmp_path: Path) -> None:
         torch.save(_state(0.01, update), tmp_path / f"model_{update}.pt")
     assert rotate_numbered(tmp_path, -1, tmp_path / "model_3.pt", log=lambda _l: None) == []
     assert len(numbered_checkpoints(tmp_path)) == 3
+
+
+def test_file_failing_validation_never_replaces_the_previous_one(tmp_path: Path) -> None:
+    # A complete zip that is not an F5-TTS checkpoint passes the end-record check but not the validator:
+    # it must be rejected before the rename, so the good previous file stays.
+    lines: list[str] = []
+    saver = SafeSaver(tmp_path, log=lines.append)
+    good = saver.save(_state(update=1), "model_last.pt")
+    before = good.path.read_bytes()
+    bad = saver.save({"not_a_checkpoint": torch.ones(4)}, "model_last.pt")
+    assert not bad.saved and not bad.valid
+    assert "does not validate" in bad.message and "previous file stays" in bad.message
+    assert (tmp_path / "model_last.pt").read_bytes() == before
+    assert _temps(tmp_path) == []
+
+
+def test_failed_folder_fsync_after_the_rename_is_not_reported_as_not_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A folder fsync that fails cannot be produced on a healthy disk: simulated. The rename has happened,
+    # so "NOT SAVED ... the previous file stays" would be false.
+    def failing_fsync_folder(_folder: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    lines: list[str] = []
+    saver = SafeSaver(tmp_path, log=lines.append)
+    saver.save(_state(update=1), "model_last.pt")
+    monkeypatch.setattr(safe_save, "fsync_folder", failing_fsync_folder)
+    result = saver.save(_state(update=2), "model_last.pt")
+    assert result.saved
+    assert torch.load(tmp_path / "model_last.pt", weights_only=True)["update"] == 2
+    text = "\n".join(lines)
+    assert "NOT SAVED" not in text and "previous file stays" not in text
+    assert "replaced the previous file" in text and "folder fsync failed" in text
