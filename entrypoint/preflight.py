@@ -6,6 +6,7 @@ output folders, quarantine bad checkpoints and install the chosen one.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 from collections.abc import Mapping
@@ -267,9 +268,20 @@ def run_preflight(
     else:
         argv = build_trainer_argv(settings, processes=processes)
     problem = trainer_problem(argv, {**environ})
+    builtin = not command and not settings.trainer_command
     if problem:
         checks.append(
             CheckResult("trainer", FAIL, problem, "install it or fix TRAINER_COMMAND / the command after --")
+        )
+    elif builtin and importlib.util.find_spec("f5_tts") is None:
+        # The preflight runs without torch; the built-in trainer does not. Found here, not minutes later.
+        checks.append(
+            CheckResult(
+                "trainer",
+                FAIL if apply else WARN,
+                "F5-TTS and torch are not installed in this environment, so the built-in trainer cannot start",
+                "`make setup-trainer` here, or check inside the image: `make preflight-docker`",
+            )
         )
     else:
         checks.append(CheckResult("trainer", OK, f"{argv[0]} ({settings.trainer_mode} mode)"))
