@@ -321,3 +321,24 @@ def test_one_trainer_per_output_dir(workspace: Path) -> None:
         str(workspace / "output" / ".train.lock"),
     )
     assert done.returncode == 0 and "held" in done.stdout.splitlines()[-1]
+
+
+def test_builtin_trainer_without_f5_tts_installed(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from entrypoint.preflight import run_preflight
+    from entrypoint.settings import load_settings
+
+    real_find_spec = importlib.util.find_spec
+
+    def without_f5_tts(name: str, *args: object, **kwargs: object) -> object:
+        return None if name == "f5_tts" else real_find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_f5_tts)
+    loaded = load_settings({}, cli_env_file=str(workspace / "test.env"))
+    checked = run_preflight(loaded, apply=False, environ={"PATH": os.environ["PATH"]})
+    trainer = next(check for check in checked.checks if check.name == "trainer")
+    assert trainer.status == "warn" and "F5-TTS and torch are not installed" in trainer.message
+    ran = run_preflight(loaded, apply=True, environ={"PATH": os.environ["PATH"]})
+    assert next(check for check in ran.checks if check.name == "trainer").status == "fail"
+    assert ran.status == "fail" and not (workspace / "output" / ".train.lock").exists()
