@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 from entrypoint.errors import EXIT_CHECK_FAILED, CheckFailed
 from entrypoint.train.metrics import GuardedWriter
+from tests.mounts import tmpfs
 
 pytest.importorskip("f5_tts")
 torch = pytest.importorskip("torch")
@@ -21,17 +21,8 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "tiny-disk"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs as a full disk needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], check=False)
-    if done.returncode != 0:
-        pytest.skip("mounting a tmpfs is not permitted here")
-    try:
+    with tmpfs(tmp_path / "tiny-disk", "64k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
 
 
 def test_tensorboard_on_a_full_disk_warns_once_and_stops_logging(tiny_tmpfs: Path) -> None:

@@ -20,6 +20,7 @@ from entrypoint.checkpoints.validate import validate_file
 from entrypoint.checkpoints.verdict import Verdict
 from entrypoint.settings import Settings
 from tests.ckpt_templates import build_templates, flip_tensor_byte, make_settings, place, sha256_of, snapshot
+from tests.mounts import tmpfs
 
 
 @pytest.fixture(scope="module")
@@ -321,19 +322,11 @@ def test_pretrained_setting_that_is_bad_is_reported_not_moved(
 @pytest.fixture()
 def read_only_volume() -> Iterator[Path]:
     """A small tmpfs mounted here and remounted read-only after the test fills it."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
     mount_point = Path(tempfile.mkdtemp(prefix="ro-volume-"))
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount_point)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        mount_point.rmdir()
-        pytest.skip(f"mount not permitted here: {result.stderr.strip()}")
     try:
-        yield mount_point
+        with tmpfs(mount_point, "64m"):
+            yield mount_point
     finally:
-        subprocess.run(["umount", str(mount_point)], capture_output=True)
         mount_point.rmdir()
 
 

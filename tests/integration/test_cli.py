@@ -6,9 +6,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.mounts import tmpfs
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "wandb-secret-0123456789abcdef"
@@ -253,16 +256,9 @@ def test_validate_vocab_file_needs_a_preset(workspace: Path) -> None:
 
 
 @pytest.fixture
-def tiny_tmpfs(tmp_path: Path):
-    target = tmp_path / "small-logs"
-    target.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(target)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
-    yield target
-    subprocess.run(["umount", str(target)], check=True)
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "small-logs", "64k") as mount_point:
+        yield mount_point
 
 
 def test_a_full_logs_volume_never_stops_the_trainer(workspace: Path, tiny_tmpfs: Path) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from entrypoint.checks.shm import check_shm
 from entrypoint.checks.writable import check_writable
 from entrypoint.probes.storage import LimitFacts, ShmFacts, SpaceFacts, probe_shm, probe_space
 from entrypoint.wait import wait_for_path, wait_until_stable
+from tests.mounts import tmpfs
 
 MB = 1024 * 1024
 GB = 10**9
@@ -103,16 +105,9 @@ def test_writable_file_instead_of_folder(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def read_only_mount(tmp_path: Path):
-    target = tmp_path / "ro"
-    target.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(target)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.decode().strip()}")
-    yield target
-    subprocess.run(["umount", str(target)], check=True)
+def read_only_mount(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "ro", "1m", read_only=True) as mount_point:
+        yield mount_point
 
 
 def test_writable_read_only_mount_fails_with_reason(read_only_mount: Path) -> None:

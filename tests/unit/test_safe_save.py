@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from entrypoint.train.safe_save import (
     write_atomically,
     zip_structure_cause,
 )
+from tests.mounts import tmpfs
 
 torch = pytest.importorskip("torch")
 
@@ -41,17 +40,8 @@ def _temps(folder: Path) -> list[str]:
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A real 4 MB file system, to fill up for real."""
-    mount_point = tmp_path / "tmpfs"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], check=False)
-    if done.returncode != 0:
-        pytest.skip("mounting a tmpfs is not permitted here")
-    try:
+    with tmpfs(tmp_path / "tmpfs", "4m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
 
 
 def test_save_replaces_final_name_with_complete_file_and_leaves_no_temp(tmp_path: Path) -> None:
