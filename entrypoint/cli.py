@@ -181,7 +181,9 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def _raw_env_file_values(args: argparse.Namespace) -> dict[str, str]:
     """Best-effort raw values of the .env file, only to know which secrets to hide in an error message."""
-    from dotenv import dotenv_values
+    import io
+
+    from dotenv.parser import parse_stream
 
     from entrypoint.settings import resolve_env_file
 
@@ -189,7 +191,9 @@ def _raw_env_file_values(args: argparse.Namespace) -> dict[str, str]:
         env_file, _ = resolve_env_file(getattr(args, "env_file", None), os.environ)
         if env_file is None or not env_file.is_file():
             return {}
-        return {key: value or "" for key, value in dotenv_values(env_file).items()}
+        # The parser itself, not dotenv_values: it would log every unparsable line a second time.
+        bindings = parse_stream(io.StringIO(env_file.read_text(encoding="utf-8")))
+        return {b.key: b.value or "" for b in bindings if not b.error and b.key}
     except (OSError, UnicodeDecodeError, ValueError):
         return {}
 

@@ -19,6 +19,11 @@ def exec_trainer(argv: list[str], env: Mapping[str, str]) -> None:
     try:
         os.execvpe(argv[0], argv, dict(env))
     except FileNotFoundError:
+        if os.path.isfile(argv[0]):
+            raise ExecFailed(
+                f"trainer command {argv[0]!r} exists but its interpreter ({_shebang(argv[0])}) does not",
+                "fix the #! line or install that interpreter",
+            ) from None
         raise ExecFailed(
             f"trainer command {argv[0]!r} not found",
             "install it or fix TRAINER_COMMAND / the command after --",
@@ -47,3 +52,12 @@ def trainer_problem(argv: list[str], env: Mapping[str, str]) -> str | None:
     if shutil.which(program, path=env.get("PATH", os.defpath)) is None:
         return f"trainer command {program!r} not found on PATH"
     return None
+
+
+def _shebang(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline(200).decode("utf-8", "replace").strip()
+    except OSError:
+        return "unknown"
+    return first[2:].strip() if first.startswith("#!") else "not a script"

@@ -37,7 +37,7 @@ from entrypoint.probes.storage import (
     probe_shm,
     probe_space,
 )
-from entrypoint.settings import LoadedSettings, Settings
+from entrypoint.settings import SPECS, LoadedSettings, Settings
 from entrypoint.train.commands import build_trainer_argv, prepare_stock_layout
 from entrypoint.wait import wait_for_path, wait_until_stable
 
@@ -186,6 +186,12 @@ def trainer_environment(
     """The process environment plus the .env values (the environment wins, as in Compose) plus the plan."""
     env = dict(loaded.file_values)
     env.update(environ)
+    # Paths as the preflight resolved them (relative ones in the .env file are relative to that file), so the
+    # trainer cannot read or write anywhere else whatever its working directory.
+    for spec in SPECS:
+        if spec.kind == "path":
+            value = getattr(loaded.settings, spec.name.lower())
+            env[spec.name] = "" if value is None else str(value)
     env.update(
         {
             "PREFLIGHT_CHECKPOINT": outcome.load_path or "",

@@ -544,9 +544,11 @@ def _read_env_file(env_file: Path) -> dict[str, str]:
         raise ConfigError(f"cannot read env file {str(env_file)!r}: {error}") from None
     for binding in parse_stream(io.StringIO(text)):
         if binding.error:
-            line = binding.original.string.strip()
+            # Never echo the line: it may hold a secret. Its first word is enough to find it.
+            first = re.match(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)", binding.original.string)
+            what = f"the line starting with {first.group(1)}" if first else "this line"
             raise ConfigError(
-                f"{env_file}:{binding.original.line}: cannot parse {line[:60]!r}",
+                f"{env_file}:{binding.original.line}: cannot parse {what}",
                 "write KEY=value (quote values with spaces, close every quote; # starts a comment)",
             )
     raw_values = dotenv_values(stream=io.StringIO(text))

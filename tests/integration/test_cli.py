@@ -196,7 +196,8 @@ def test_exec_failure_after_the_checks_exits_4(workspace: Path) -> None:
     broken.write_text("#!/nonexistent/interpreter\n")
     broken.chmod(0o755)
     done = preflight(workspace, "run", *env_args(workspace), "--", str(broken))
-    assert done.returncode == 4 and "not found" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 4 and "its interpreter (/nonexistent/interpreter) does not" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_trainer_that_is_a_folder(workspace: Path) -> None:
@@ -338,3 +339,25 @@ def test_builtin_trainer_without_f5_tts_installed(workspace: Path, monkeypatch: 
     ran = run_preflight(loaded, apply=True, environ={"PATH": os.environ["PATH"]})
     assert next(check for check in ran.checks if check.name == "trainer").status == "fail"
     assert ran.status == "fail" and not (workspace / "output" / ".train.lock").exists()
+
+
+def test_trainer_gets_the_paths_the_preflight_resolved(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    write_dataset(project / "ds")
+    (project / ".env").write_text(
+        "OUTPUT_DIR=out\nDATASET_DIR=ds\nLOG_DIR=logs\nBACKUP_DIR=bk\nALLOW_SCRATCH=true\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = preflight(
+        elsewhere,
+        "run",
+        "--env-file",
+        str(project / ".env"),
+        "--",
+        "sh",
+        "-c",
+        'echo "OUT=$OUTPUT_DIR DS=$DATASET_DIR"',
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"OUT={project / 'out'} DS={project / 'ds'}" in done.stdout

@@ -129,7 +129,8 @@ def test_unparsable_env_file_line_is_an_error_with_file_and_line(tmp_path: Path)
     env_file.write_text('SEED=1\nthis is garbage\nCPU_LIMIT="1.5\n')
     with pytest.raises(ConfigError) as caught:
         load_settings({}, cli_env_file=str(env_file))
-    assert f"{env_file}:2: cannot parse 'this is garbage'" in str(caught.value)
+    assert f"{env_file}:2: cannot parse the line starting with this" in str(caught.value)
+    assert "garbage" not in str(caught.value)  # the line itself is never echoed: it may hold a secret
     assert caught.value.exit_code == EXIT_CONFIG
 
 
@@ -160,3 +161,11 @@ def test_env_example_defaults_load_cleanly() -> None:
 def test_readme_table_lists_every_variable() -> None:
     readme = (ROOT / "README.md").read_text()
     assert markdown_table() in readme
+
+
+def test_unparsable_secret_line_is_not_echoed(tmp_path: Path) -> None:
+    env_file = tmp_path / "x.env"
+    env_file.write_text("HF_TOKEN hf_secretTOKEN987\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings({}, cli_env_file=str(env_file))
+    assert "line starting with HF_TOKEN" in str(caught.value) and "hf_secret" not in str(caught.value)
