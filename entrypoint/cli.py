@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in (
         ("run", "check, quarantine bad checkpoints, then exec the trainer (default) [-- CMD ...]"),
-        ("check", "report what run would do; changes nothing"),
+        ("check", "report what run would do; changes no file"),
     ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--env-file", help="settings file (default: $ENV_FILE, else ./.env)")

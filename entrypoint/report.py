@@ -87,8 +87,9 @@ def render_text(report: dict[str, Any]) -> str:
             verb = "moved aside (valid, older)" if item["superseded"] else "quarantined"
             lines.append(f"  {verb} {item['path']} -> {item['moved_to']}: {item['cause']}")
         else:
+            dry = "would move aside (valid, older)" if item["superseded"] else "would quarantine"
             lines.append(
-                f"  {'would quarantine' if item['error'] == 'dry run' else 'NOT quarantined'} "
+                f"  {dry if item['error'] == 'dry run' else 'NOT quarantined'} "
                 f"{item['path']}: {item['cause']}"
                 + (f" ({item['error']})" if item["error"] and item["error"] != "dry run" else "")
             )

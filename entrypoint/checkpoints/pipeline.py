@@ -525,14 +525,16 @@ def _chosen_outcome(
         culprits = sorted({q.blame or "OUTPUT_DIR" for q in failed_moves})
         named = " and ".join(_folder_named(run.settings, name) for name in culprits)
         fix = f"make {named} writable so bad files can be quarantined"
-    elif run.quarantined and all(q.error == "dry run" for q in run.quarantined):
+    elif bad_moves and all(q.error == "dry run" for q in bad_moves):
         fix = "`preflight run` will quarantine the invalid file(s) listed below; nothing is deleted"
     elif bad_moves:
         fix = (
             "see the .corrupted.json files for causes; delete quarantined files once you no longer need them"
         )
+    elif superseded and not run.apply:
+        fix = "`preflight run` will move the older valid checkpoint aside (.superseded); nothing is deleted"
     elif superseded:
-        fix = "the older checkpoint moved aside is intact (see its .corrupted.json); nothing was deleted"
+        fix = "the older checkpoint moved aside is intact (see its .superseded.json); nothing was deleted"
     elif status == "warn":
         fix = "see the problems listed in the report"
     return _outcome(
