@@ -320,7 +320,7 @@ def _unreadable(run: _Run, path: Path, detail: str) -> CheckpointOutcome:
     return _failure(
         run,
         (),
-        f"{detail}; it may hold the newest training progress, which the next save would replace",
+        f"{detail}; it may hold the newest training progress, so no older checkpoint is chosen past it",
         f"make {path} readable by uid {os.getuid()} (chown/chmod), or move it away if it is not needed",
     )
 
