@@ -231,11 +231,17 @@ def main() -> int:
         f"deep validation (every CRC32)   {deep_s:8.3f} s ({median('deep'):.3f})  "
         f"peak RSS {deep_rss:6.0f} MB  {size / deep_s / 1e9:.2f} GB/s"
     )
+    # torch.load's time grows with the file, the quick check's does not: the 100x target is set for the
+    # full 5.39 GB file and scales down with a smaller one (--size-gb, `python -m bench --quick`).
+    speed_target = TARGET_SPEEDUP * min(1.0, size / (FULL_SIZE_GB * 1e9))
+    scaled = (
+        "" if speed_target == TARGET_SPEEDUP else f", scaled from {TARGET_SPEEDUP:.0f}x at {FULL_SIZE_GB} GB"
+    )
     checks = [
         (
             f"quick is {speedup:,.0f}x faster than torch.load",
-            speedup >= TARGET_SPEEDUP,
-            f">= {TARGET_SPEEDUP:.0f}x",
+            speedup >= speed_target,
+            f">= {speed_target:.0f}x{scaled}",
         ),
         (
             f"quick peak RSS {quick_rss:.0f} MB",
