@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from entrypoint.naming import temp_path_for
@@ -28,18 +29,22 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def replace_text(path: Path, text: str) -> None:
-    """Replace `path` with `text` through a temp file in the same folder, fsync and rename: a reader sees the
-    old or the new content, never a mix. Raises OSError; the temp file is removed on failure."""
+def replace_via_temp(path: Path, write: Callable[[Path], None]) -> None:
+    """Replace `path` with what `write(temp)` puts into a temp file in the same folder, fsynced and renamed:
+    a reader sees the old or the new content, never a mix. Raises OSError; the temp file is removed on
+    failure."""
     temp = temp_path_for(path)
     try:
-        with open(temp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write(temp)
+        fsync_path(temp)
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             temp.unlink()
         raise
     fsync_folder(path.parent)
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` durably (see replace_via_temp)."""
+    replace_via_temp(path, lambda temp: temp.write_text(text, encoding="utf-8"))

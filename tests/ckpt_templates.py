@@ -11,7 +11,10 @@ import os
 import shutil
 import zipfile
 from pathlib import Path
+from typing import Any
 
+from entrypoint.checkpoints.validate import validate_file
+from entrypoint.checkpoints.verdict import Verdict
 from entrypoint.settings import Settings, load_settings
 
 TRAINING_UPDATES = (100, 200, 300, 400)
@@ -87,3 +90,14 @@ def snapshot(*folders: Path) -> dict[str, tuple[str, str]]:
 
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class CountingValidator:
+    """The real validator, recording which files it actually read and at which depth."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bool]] = []
+
+    def __call__(self, path: Path, **options: Any) -> Verdict:
+        self.calls.append((Path(path).name, bool(options.get("deep"))))
+        return validate_file(path, **options)

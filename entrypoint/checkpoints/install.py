@@ -33,7 +33,7 @@ from entrypoint import naming
 from entrypoint.checkpoints.f5_rule import F5Choice, f5_choice
 from entrypoint.checkpoints.quarantine import rename_no_replace
 from entrypoint.checkpoints.verdict import FORMAT_SAFETENSORS, KIND_TRAINING, Verdict
-from entrypoint.durable import fsync_folder, fsync_path
+from entrypoint.durable import fsync_folder, fsync_path, replace_via_temp
 from entrypoint.errors import CheckFailed
 
 COPY_MARGIN_BYTES = 64 * 1024 * 1024
@@ -233,14 +233,5 @@ def give_own_copy(path: Path, *, apply: bool) -> str | None:
             "would overwrite the backup",
             "free space in OUTPUT_DIR or use TRAINER_MODE=safe",
         )
-    temp = naming.temp_path_for(path)
-    try:
-        shutil.copyfile(path, temp)
-        fsync_path(temp)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
-    fsync_folder(path.parent)
+    replace_via_temp(path, lambda temp: shutil.copyfile(path, temp))
     return f"{what}: replaced by its own copy so the stock trainer cannot overwrite the backup"

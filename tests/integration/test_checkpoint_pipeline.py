@@ -9,7 +9,6 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,24 +16,22 @@ from entrypoint.checkpoints.cache import CACHE_FILE_NAME
 from entrypoint.checkpoints.f5_rule import f5_choice_in
 from entrypoint.checkpoints.pipeline import CheckpointOutcome, resolve_checkpoint
 from entrypoint.checkpoints.validate import validate_file
-from entrypoint.checkpoints.verdict import Verdict
 from entrypoint.settings import Settings
-from tests.ckpt_templates import build_templates, flip_tensor_byte, make_settings, place, sha256_of, snapshot
+from tests.ckpt_templates import (
+    CountingValidator,
+    build_templates,
+    flip_tensor_byte,
+    make_settings,
+    place,
+    sha256_of,
+    snapshot,
+)
 from tests.mounts import tmpfs
 
 
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return build_templates(tmp_path_factory.mktemp("templates"))
-
-
-class Counting:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, bool]] = []
-
-    def __call__(self, path: Path, **options: Any) -> Verdict:
-        self.calls.append((Path(path).name, bool(options.get("deep"))))
-        return validate_file(path, **options)
 
 
 def assert_stock_invariant(settings: Settings, outcome: CheckpointOutcome) -> None:
@@ -114,7 +111,7 @@ def test_deep_failure_of_the_winner_is_quarantined_and_the_next_used(
     os.truncate(place(templates["300"], settings.output_dir / "model_300.pt"), 2_000_000)
     place(templates["200"], settings.output_dir / "model_200.pt")
     place(templates["100"], settings.backup_dir / "model_100.pt")
-    counting = Counting()
+    counting = CountingValidator()
     outcome = resolve_checkpoint(settings, apply=True, validator=counting)
     assert outcome.update == 200
     assert [Path(q.path).name for q in outcome.quarantined] == ["model_last.pt", "model_300.pt"]
@@ -136,7 +133,7 @@ def test_strict_order_never_opens_candidates_after_the_winner(
     os.truncate(place(templates["400"], settings.output_dir / "model_last.pt"), 2_000_000)
     place(templates["200"], settings.output_dir / "model_200.pt")
     place(templates["300"], settings.backup_dir / "model_300.pt")
-    counting = Counting()
+    counting = CountingValidator()
     outcome = resolve_checkpoint(settings, apply=True, validator=counting)
     assert outcome.update == 200 and outcome.source == "numbered"
     assert "model_300.pt" not in [name for name, _ in counting.calls]
@@ -295,14 +292,14 @@ def test_unchanged_files_are_not_read_again(tmp_path: Path, templates: dict[str,
     settings = make_settings(tmp_path)
     os.truncate(place(templates["400"], settings.backup_dir / "model_400.pt"), 1000)
     place(templates["300"], settings.output_dir / "model_last.pt")
-    first = Counting()
+    first = CountingValidator()
     resolve_checkpoint(settings, apply=True, validator=first)
     assert ("model_last.pt", True) in first.calls
-    second = Counting()
+    second = CountingValidator()
     outcome = resolve_checkpoint(settings, apply=True, validator=second)
     assert second.calls == [] and outcome.update == 300
     (settings.output_dir / "preflight" / CACHE_FILE_NAME).write_text("garbage")
-    third = Counting()
+    third = CountingValidator()
     warned = resolve_checkpoint(settings, apply=False, validator=third)
     assert third.calls and any("verdict cache" in p for p in warned.problems)
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from entrypoint.checkpoints.cache import CACHE_FILE_NAME, VerdictCache, cached
 from entrypoint.checkpoints.validate import Expectation, validate_file
-from entrypoint.checkpoints.verdict import Verdict
-from tests.ckpt_templates import build_templates, place
+from tests.ckpt_templates import CountingValidator, build_templates, place
 
 
 @pytest.fixture(scope="module")
@@ -20,23 +18,12 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return build_templates(tmp_path_factory.mktemp("templates"))
 
 
-class Counting:
-    """The real validator, counting how often it actually reads a file."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, bool]] = []
-
-    def __call__(self, path: Path, **options: Any) -> Verdict:
-        self.calls.append((Path(path).name, bool(options.get("deep"))))
-        return validate_file(path, **options)
-
-
 def test_unchanged_file_is_answered_from_the_cache_across_runs(
     tmp_path: Path, templates: dict[str, Path]
 ) -> None:
     ckpt = place(templates["100"], tmp_path / "model_last.pt")
     cache_path = tmp_path / "preflight" / CACHE_FILE_NAME
-    counting = Counting()
+    counting = CountingValidator()
     cache = VerdictCache.load(cache_path)
     first = cached(counting, cache)(ckpt, deep=True)
     assert first.valid and counting.calls == [("model_last.pt", True)]
@@ -51,7 +38,7 @@ def test_unchanged_file_is_answered_from_the_cache_across_runs(
 def test_any_change_invalidates(tmp_path: Path, templates: dict[str, Path]) -> None:
     ckpt = place(templates["100"], tmp_path / "model_last.pt")
     cache = VerdictCache(tmp_path / "cache.json")
-    counting = Counting()
+    counting = CountingValidator()
     check = cached(counting, cache)
     check(ckpt)
     check(ckpt)
@@ -72,7 +59,7 @@ def test_any_change_invalidates(tmp_path: Path, templates: dict[str, Path]) -> N
 def test_depth_and_expectation_are_part_of_the_question(tmp_path: Path, templates: dict[str, Path]) -> None:
     ckpt = place(templates["100"], tmp_path / "model_5.pt")
     cache = VerdictCache(tmp_path / "cache.json")
-    counting = Counting()
+    counting = CountingValidator()
     check = cached(counting, cache)
     check(ckpt, deep=False)
     check(ckpt, deep=True)  # a valid quick verdict does not answer a deep question
@@ -85,7 +72,7 @@ def test_depth_and_expectation_are_part_of_the_question(tmp_path: Path, template
 def test_an_invalid_quick_verdict_answers_a_deep_question(tmp_path: Path, templates: dict[str, Path]) -> None:
     ckpt = place(templates["100"], tmp_path / "model_5.pt")
     os.truncate(ckpt, 100_000)
-    counting = Counting()
+    counting = CountingValidator()
     check = cached(counting, VerdictCache(tmp_path / "cache.json"))
     assert not check(ckpt, deep=False).valid
     assert not check(ckpt, deep=True).valid
