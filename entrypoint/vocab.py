@@ -1,0 +1,23 @@
+"""The vocabulary file, read exactly as F5-TTS's `get_tokenizer` reads it. Torch-free.
+
+One reader for the preflight (shape check against the checkpoint) and the trainer (the model's text
+embedding): two readers that split lines differently would let the check and the model disagree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def read_vocabulary(path: Path) -> dict[str, int]:
+    """Symbol -> index as F5-TTS builds it: text-mode line iteration, each line minus its last character.
+
+    Duplicated lines collapse onto the later index, as in F5-TTS; the model's embedding has len() rows.
+    Raises OSError or UnicodeDecodeError when the file cannot be read.
+    """
+    with open(path, encoding="utf-8") as handle:
+        return {line[:-1]: index for index, line in enumerate(handle)}
+
+
+def vocabulary_size(path: Path) -> int:
+    return len(read_vocabulary(path))
