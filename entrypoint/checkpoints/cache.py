@@ -20,7 +20,7 @@ from entrypoint.checkpoints.verdict import Verdict
 from entrypoint.durable import replace_text
 
 CACHE_FILE_NAME = "verdict-cache.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: verdicts carry their failure kind
 MAX_ENTRIES = 512
 
 

@@ -44,14 +44,13 @@ from pathlib import Path
 
 from entrypoint import naming
 from entrypoint.checkpoints.discover import Candidate, TempFile
-from entrypoint.checkpoints.verdict import Verdict
+from entrypoint.checkpoints.verdict import FAILURE_SHAPE, FAILURE_UNREADABLE, Verdict
 
 # check(path, final, reference_size) -> Verdict; final: the deeper levels for a file about to be used
 Check = Callable[[Path, bool, "int | None"], Verdict]
 TRAINING_SOURCES = ("last", "numbered", "backups")
 BLOCK_COMPATIBILITY = "compatibility"
 BLOCK_UNREADABLE = "unreadable"
-UNREADABLE_PREFIX = "cannot read the file"  # validate.py's cause when opening or reading fails
 
 
 @dataclass(frozen=True)
@@ -74,11 +73,7 @@ def blocking_kind(verdict: Verdict) -> str | None:
     """ "compatibility" / "unreadable" for a verdict that must stop the choice; None for valid or damaged."""
     if verdict.valid:
         return None
-    if verdict.details.get("failed_level") == BLOCK_COMPATIBILITY:
-        return BLOCK_COMPATIBILITY
-    if verdict.cause.startswith(UNREADABLE_PREFIX):
-        return BLOCK_UNREADABLE
-    return None
+    return {FAILURE_SHAPE: BLOCK_COMPATIBILITY, FAILURE_UNREADABLE: BLOCK_UNREADABLE}.get(verdict.failure)
 
 
 @dataclass(frozen=True)

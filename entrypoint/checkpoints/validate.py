@@ -42,6 +42,14 @@ from entrypoint.checkpoints.safetensors_check import (
     sidecar_digest,
 )
 from entrypoint.checkpoints.verdict import (
+    FAILURE_FOREIGN,
+    FAILURE_INTEGRITY,
+    FAILURE_LOAD,
+    FAILURE_SCHEMA,
+    FAILURE_SHAPE,
+    FAILURE_STRUCTURE,
+    FAILURE_TRUNCATED,
+    FAILURE_UNREADABLE,
     FORMAT_SAFETENSORS,
     FORMAT_TORCH_LEGACY,
     FORMAT_TORCH_ZIP,
@@ -82,11 +90,21 @@ class _Request:
     progress: Callable[[int, int], None] | None
 
 
+_FAILURE_OF_LEVEL = {
+    "structure": FAILURE_STRUCTURE,
+    "schema": FAILURE_SCHEMA,
+    "integrity": FAILURE_INTEGRITY,
+    "compatibility": FAILURE_SHAPE,
+    "load": FAILURE_LOAD,
+}
+
+
 class _Failed(Exception):
-    def __init__(self, level: str, cause: str) -> None:
+    def __init__(self, level: str, cause: str, failure: str = "") -> None:
         super().__init__(cause)
         self.level = level
         self.cause = cause
+        self.failure = failure or _FAILURE_OF_LEVEL[level]
 
 
 @dataclass
@@ -104,7 +122,7 @@ class _Progress:
     def passed(self, level: str) -> None:
         self.levels = (*self.levels, level)
 
-    def verdict(self, valid: bool, cause: str = "") -> Verdict:
+    def verdict(self, valid: bool, cause: str = "", failure: str = "") -> Verdict:
         return Verdict(
             path=str(self.path),
             valid=valid,
@@ -115,6 +133,7 @@ class _Progress:
             levels=self.levels,
             size=self.size,
             details=dict(self.details or {}),
+            failure=failure,
         )
 
 
@@ -148,10 +167,10 @@ def validate_file(
     except _Failed as failure:
         assert state.details is not None
         state.details["failed_level"] = failure.level
-        return state.verdict(False, failure.cause)
+        return state.verdict(False, failure.cause, failure.failure)
     except OSError as exc:
         state.details = {**(state.details or {}), "failed_level": "structure"}
-        return state.verdict(False, f"cannot read the file: {exc.strerror or exc}")
+        return state.verdict(False, f"cannot read the file: {exc.strerror or exc}", FAILURE_UNREADABLE)
 
 
 def _check(f: BinaryIO, state: _Progress, request: _Request) -> None:
@@ -172,7 +191,7 @@ def _check(f: BinaryIO, state: _Progress, request: _Request) -> None:
             )
         _check_safetensors(f, state, request)
     else:
-        raise _Failed("structure", _foreign_cause(f, head, state, request.reference_size))
+        raise _Failed("structure", _foreign_cause(f, head, state, request.reference_size), FAILURE_FOREIGN)
 
 
 def _read(f: BinaryIO, offset: int, length: int) -> bytes:
@@ -217,7 +236,7 @@ def _check_torch_zip(f: BinaryIO, state: _Progress, request: _Request) -> None:
     try:
         tz = torch_zip.read_central_directory(f, state.size)
     except torch_zip.ZipDamage as damage:
-        raise _Failed("structure", _zip_cause(f, state, damage, request.reference_size)) from None
+        raise _zip_failure("structure", f, state, damage, request.reference_size) from None
     pickle_member = tz.member("data.pkl")
     if pickle_member is None:
         raise _Failed("structure", "zip without data.pkl: not a torch checkpoint")
@@ -226,7 +245,7 @@ def _check_torch_zip(f: BinaryIO, state: _Progress, request: _Request) -> None:
     try:
         pickled = torch_zip.read_member(f, tz, pickle_member)
     except torch_zip.ZipDamage as damage:
-        raise _Failed("structure", _zip_cause(f, state, damage, request.reference_size)) from None
+        raise _zip_failure("structure", f, state, damage, request.reference_size) from None
     state.details.update(members=len(tz.members), crc_recorded=tz.crc_recorded)
     state.passed("structure")
 
@@ -243,7 +262,7 @@ def _check_torch_zip(f: BinaryIO, state: _Progress, request: _Request) -> None:
         try:
             counts = torch_zip.check_crcs(f, tz, progress=request.progress)
         except torch_zip.ZipDamage as damage:
-            raise _Failed("integrity", _zip_cause(f, state, damage, request.reference_size)) from None
+            raise _zip_failure("integrity", f, state, damage, request.reference_size) from None
         except OSError as exc:  # a bad sector shows up only when every byte is read
             raise _Failed("integrity", f"read error: {exc.strerror or exc}") from None
         state.details.update(counts)
@@ -254,6 +273,13 @@ def _check_torch_zip(f: BinaryIO, state: _Progress, request: _Request) -> None:
             key: _shapes(summary.top[key]) for key in WEIGHT_KEYS if isinstance(summary.top.get(key), dict)
         }
         _check_compatibility(weights, request.expect, state)
+
+
+def _zip_failure(
+    level: str, f: BinaryIO, state: _Progress, damage: Exception, reference_size: int | None
+) -> _Failed:
+    truncated = getattr(damage, "truncated", False)
+    return _Failed(level, _zip_cause(f, state, damage, reference_size), FAILURE_TRUNCATED if truncated else "")
 
 
 def _zip_cause(f: BinaryIO, state: _Progress, damage: Exception, reference_size: int | None) -> str:
@@ -334,7 +360,7 @@ def _check_safetensors(f: BinaryIO, state: _Progress, request: _Request) -> None
     try:
         header = read_header(f, state.size)
     except SafetensorsDamage as damage:
-        raise _Failed("structure", _zip_cause(f, state, damage, request.reference_size)) from None
+        raise _zip_failure("structure", f, state, damage, request.reference_size) from None
     state.details["tensors"] = len(header.tensors)
     state.passed("structure")
     if not header.tensors:

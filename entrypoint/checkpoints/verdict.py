@@ -17,6 +17,26 @@ KIND_TRAINING = "training"  # model + EMA + optimizer + scheduler + update: resu
 KIND_PRETRAINED = "pretrained"  # EMA weights only (or no update): starts at update 0
 KIND_UNKNOWN = "unknown"
 
+# Why a file failed, as a kind: decisions (block the run, quarantine, remove) use these, never message text.
+FAILURE_UNREADABLE = "unreadable"  # opening or reading failed (permissions, I/O): may be valid, never moved
+FAILURE_TRUNCATED = "truncated"  # cut short (a killed copy or save)
+FAILURE_FOREIGN = "foreign"  # not a checkpoint at all (zeros, another format, a legacy torch file)
+FAILURE_STRUCTURE = "structure"  # the container is damaged in another way
+FAILURE_SCHEMA = "schema"  # not what F5-TTS's loader needs, or a refused pickle
+FAILURE_INTEGRITY = "integrity"  # a CRC32 / SHA-256 mismatch, or a read error found by the full pass
+FAILURE_SHAPE = "shape"  # intact, but for another model or vocabulary: a configuration problem
+FAILURE_LOAD = "load"  # torch.load / safetensors refused it
+FAILURES = (
+    FAILURE_UNREADABLE,
+    FAILURE_TRUNCATED,
+    FAILURE_FOREIGN,
+    FAILURE_STRUCTURE,
+    FAILURE_SCHEMA,
+    FAILURE_INTEGRITY,
+    FAILURE_SHAPE,
+    FAILURE_LOAD,
+)
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -29,6 +49,7 @@ class Verdict:
     levels: tuple[str, ...]  # the levels that were checked and passed, e.g. ("structure", "schema")
     size: int
     details: dict[str, Any] = field(default_factory=dict)
+    failure: str = ""  # one of FAILURES when not valid
 
     def passed(self, level: str) -> bool:
         return level in self.levels
@@ -43,6 +64,7 @@ class Verdict:
             "kind": self.kind,
             "update": self.update,
             "levels": list(self.levels),
+            "failure": self.failure,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,4 +84,5 @@ class Verdict:
             levels=tuple(data.get("levels", ())),
             size=int(data["size"]),
             details=dict(data.get("details", {})),
+            failure=str(data.get("failure", "")),
         )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.checkpoints.cache import CACHE_FILE_NAME, VerdictCache, cached
+from entrypoint.checkpoints.cache import CACHE_FILE_NAME, FORMAT_VERSION, VerdictCache, cached
 from entrypoint.checkpoints.validate import Expectation, validate_file
 from tests.ckpt_templates import CountingValidator, build_templates, place
 
@@ -102,7 +102,7 @@ def test_save_is_atomic_and_failures_are_warnings(tmp_path: Path, templates: dic
     cached(validate_file, cache)(ckpt)
     assert cache.save() is None
     data = json.loads(cache.path.read_text())
-    assert data["format"] == 1 and len(data["entries"]) == 1
+    assert data["format"] == FORMAT_VERSION and len(data["entries"]) == 1
     assert os.listdir(cache.path.parent) == [CACHE_FILE_NAME]  # no temp file left behind
     blocked = VerdictCache(tmp_path / "model_last.pt" / CACHE_FILE_NAME)  # parent is a file
     cached(validate_file, blocked)(ckpt)

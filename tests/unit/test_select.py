@@ -258,27 +258,11 @@ def test_an_incompatible_temp_is_a_candidate_not_a_cut_off_save(
     assert decision.temp.path == temp and decision.action == "candidate"
 
 
-def test_an_unreadable_verdict_blocks(tmp_path: Path) -> None:
-    unreadable = Verdict(
-        str(tmp_path / "x.pt"),
-        False,
-        "cannot read the file: Permission denied",
-        "unknown",
-        "unknown",
-        None,
-        (),
-        10,
-        {"failed_level": "structure"},
-    )
-    damaged = Verdict(
-        str(tmp_path / "x.pt"),
-        False,
-        "truncated",
-        "torch-zip",
-        "unknown",
-        None,
-        (),
-        10,
-        {"failed_level": "structure"},
-    )
-    assert blocking_kind(unreadable) == "unreadable" and blocking_kind(damaged) is None
+def test_blocking_is_decided_by_the_failure_kind_not_the_message(tmp_path: Path) -> None:
+    def verdict(cause: str, failure: str) -> Verdict:
+        return Verdict(str(tmp_path / "x.pt"), False, cause, "unknown", "unknown", None, (), 10, {}, failure)
+
+    # A reworded message must not turn an unreadable (possibly valid) file into damage, nor the reverse.
+    assert blocking_kind(verdict("permission denied while opening", "unreadable")) == "unreadable"
+    assert blocking_kind(verdict("cannot read the file: it ends early", "truncated")) is None
+    assert blocking_kind(verdict("tensor shapes differ", "shape")) == "compatibility"
