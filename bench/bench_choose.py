@@ -6,7 +6,7 @@ fails), model_2000.pt cut in half and a valid model_1000.pt; BACKUP_DIR holds on
 checkpoint is a real file of its own (a link between two of them would let one be read from the page cache).
 
 Measured in one run, each step in a fresh interpreter with a cold page cache where root allows:
-1. `resolve_checkpoint(settings, apply=False)` against (a) one deep validation of the winner alone and (b) the
+1. the checkpoint decision of `preflight check` (`plan_checkpoint`) against (a) one deep validation of the winner alone and (b) the
    naive way, deep-validating every candidate, in two scenarios:
    - without model_3000.pt: the choice reads a few MB per damaged file, then the winner once.
      Target: choice / one deep read <= 1.5x.
@@ -144,7 +144,9 @@ _PROBE = PROBE_RCHAR + textwrap.dedent(
     import json, statistics, sys, time
     from pathlib import Path
     from entrypoint.checkpoints.cache import VerdictCache
-    from entrypoint.checkpoints.pipeline import resolve_checkpoint
+    from entrypoint.actions import perform
+    from entrypoint.checkpoints.resolve import plan_checkpoint, settle
+    from entrypoint.modes import mode_for
     from entrypoint.checkpoints.validate import validate_file
     from entrypoint.settings import load_settings
 
@@ -155,6 +157,13 @@ _PROBE = PROBE_RCHAR + textwrap.dedent(
             "ALLOW_SCRATCH": "false", "PRETRAINED_CHECKPOINT": "", "QUARANTINE_DIR": "",
         }
         return load_settings(environ=environ, cli_env_file=None).settings
+
+    def resolve_checkpoint(s, apply):
+        plan = plan_checkpoint(s, mode_for(s))
+        results = perform(plan.actions, quarantine_dir=s.quarantine_dir).results if apply else None
+        if apply and plan.cache is not None:
+            plan.cache.save()
+        return settle(plan, results, s)
 
     def outcome_dict(outcome):
         return {
@@ -343,7 +352,7 @@ def _report_scenario(title: str, scenario: Scenario, runs: dict[str, list[dict]]
             f"read {_gb(read(f'{label}/needed'))}  (back to back, one process)"
         )
     print(
-        f"  resolve_checkpoint(apply=False)            {_median(choose):7.3f} s  "
+        f"  plan_checkpoint (preflight check)          {_median(choose):7.3f} s  "
         f"read {_gb(read(f'{label}/choose'))}"
     )
     print(

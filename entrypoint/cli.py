@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from entrypoint import __version__
 from entrypoint.errors import (
-    EXIT_CHECK_FAILED,
-    EXIT_CONFIG,
     EXIT_INTERRUPTED,
-    EXIT_OK,
     EXIT_TERMINATED,
     PreflightError,
 )
 from entrypoint.redact import Redactor, secret_values
+
+COMMANDS = ("run", "check", "validate", "settings")
+
+
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(f"entrypoint.commands.{name}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,30 +30,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="preflight",
         description="Check the container, choose a valid checkpoint and start F5-TTS training safely.",
         epilog="Exit codes: 0 ready, 1 invalid file (validate), 2 configuration error, 3 a check failed, "
-        "4 the trainer could not be started.",
+        "4 the trainer could not be started. Example: preflight check --env-file .env",
     )
     parser.add_argument("--version", action="version", version=f"preflight {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, help_text in (
-        ("run", "check, quarantine bad checkpoints, then exec the trainer (default) [-- CMD ...]"),
-        ("check", "report what run would do; changes no file"),
-    ):
-        sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--env-file", help="settings file (default: $ENV_FILE, else ./.env)")
-        sub.add_argument("--json", action="store_true", help="print the report as JSON")
-    validate = commands.add_parser(
-        "validate", help="validate checkpoint files: exit 0 if all are valid, 1 if not"
-    )
-    validate.add_argument("files", nargs="+", metavar="FILE")
-    validate.add_argument("--deep", action="store_true", help="also check the CRC32 of every member")
-    validate.add_argument("--load", action="store_true", help="also torch.load(weights_only=True, mmap=True)")
-    validate.add_argument("--json", action="store_true", help="print a JSON list")
-    validate.add_argument("--preset", help="check tensor shapes against this model preset")
-    validate.add_argument("--vocab-file", help="vocabulary for the shape check (with --preset)")
-    settings = commands.add_parser("settings", help="list every variable with its value and origin")
-    settings.add_argument("--env-file", help="settings file (default: $ENV_FILE, else ./.env)")
-    settings.add_argument("--markdown", action="store_true", help="the README's table of variables")
-    settings.add_argument("--env-example", action="store_true", help="the text of .env.example")
+    for name in COMMANDS:
+        _module(name).add_parser(commands)
     return parser
 
 
@@ -58,86 +44,6 @@ def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
         at = argv.index("--")
         return argv[:at], argv[at + 1 :]
     return argv, None
-
-
-def _run_or_check(args: argparse.Namespace, command: list[str] | None) -> int:
-    from entrypoint.launch import exec_trainer
-    from entrypoint.logfile import TEE_MARKER, tee_descriptors, tee_output
-    from entrypoint.preflight import run_preflight
-    from entrypoint.report import build_report, redact_tree, render_text, write_report
-    from entrypoint.settings import load_settings
-
-    apply = args.command == "run"
-    loaded = load_settings(cli_env_file=args.env_file)
-    redact = Redactor(secret_values(os.environ, loaded.file_values))
-    if apply:
-        tee_output(loaded.settings.log_dir, redact)
-    result = run_preflight(loaded, apply=apply, command=command)
-    report = redact_tree(build_report(result), redact)
-    text = render_text(report)
-    if apply:
-        problem = write_report(result.report_dir, report, text)
-        if problem:
-            text += f"\n  note: {problem}"
-    if args.json:
-        print(json.dumps(report, indent=2))
-        if apply:
-            print(text, file=sys.stderr)
-    else:
-        print(text)
-    if result.status == "fail":
-        return EXIT_CHECK_FAILED
-    if apply:
-        if tee_descriptors(loaded.settings.log_dir, redact):
-            result.env[TEE_MARKER] = "1"
-        exec_trainer(result.argv, result.env)
-    return EXIT_OK
-
-
-def _settings(args: argparse.Namespace) -> int:
-    from entrypoint.settings import load_settings
-    from entrypoint.settings_docs import env_example, markdown_table
-
-    if args.markdown or args.env_example:
-        print(markdown_table() if args.markdown else env_example(), end="")
-        return EXIT_OK
-    loaded = load_settings(cli_env_file=args.env_file)
-    redact = Redactor(secret_values(os.environ, loaded.file_values))
-    shown = loaded.settings.describe()
-    width = max(len(name) for name in shown)
-    for name, value in shown.items():
-        print(redact(f"{name:<{width}}  {value:<40}  ({loaded.origins[name]})"))
-    for warning in loaded.warnings:
-        print(f"warning: {redact(warning)}", file=sys.stderr)
-    return EXIT_OK
-
-
-def _validate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from entrypoint.checkpoints.validate import Expectation
-    from entrypoint.checkpoints.validate_cli import run_validate
-    from entrypoint.errors import ConfigError
-    from entrypoint.presets import PRESETS, vocab_size_of
-
-    expect = None
-    if args.vocab_file and not args.preset:
-        raise ConfigError(
-            "--vocab-file needs --preset: the vocabulary size is checked against a model preset."
-        )
-    if args.preset:
-        if args.preset not in PRESETS:
-            raise ConfigError(
-                f"--preset {args.preset!r} is not allowed: expected one of {', '.join(PRESETS)}."
-            )
-        vocab_size = None
-        if args.vocab_file:
-            try:
-                vocab_size = vocab_size_of(Path(args.vocab_file).read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError) as error:
-                raise ConfigError(f"--vocab-file {args.vocab_file!r} cannot be read: {error}") from None
-        expect = Expectation(args.preset, vocab_size)
-    return run_validate(args.files, deep=args.deep, as_json=args.json, load=args.load, expect=expect)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,11 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("a command after -- is only accepted by `run`")
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        if args.command in ("run", "check"):
-            return _run_or_check(args, command)
-        if args.command == "validate":
-            return _validate(args)
-        return _settings(args)
+        module = _module(args.command)
+        return module.run(args, command) if args.command == "run" else module.run(args)
     except PreflightError as error:
         # A bad value may be a pasted secret: redact before printing, even before settings are loaded.
         redact = Redactor(secret_values(os.environ, _raw_env_file_values(args)))
@@ -200,5 +103,3 @@ def _raw_env_file_values(args: argparse.Namespace) -> dict[str, str]:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-assert EXIT_CONFIG == 2  # argparse exits with 2 on a bad command line, the same code as a bad setting

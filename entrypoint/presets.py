@@ -78,7 +78,5 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def vocab_size_of(vocab_file_text: str) -> int:
-    """Number of entries F5-TTS's get_tokenizer builds from a vocab.txt (one symbol per line)."""
-    # get_tokenizer keys a dict by each line minus its last character, so duplicates collapse.
-    return len({line[:-1] for line in vocab_file_text.splitlines(keepends=True)})
+PRESET_NAMES = tuple(PRESETS)
+STOCK_PRESETS = tuple(name for name in PRESETS if name != "tiny")  # what f5-tts_finetune-cli knows

@@ -11,37 +11,60 @@ from pathlib import Path
 from typing import Any
 
 from entrypoint import __version__
-from entrypoint.checks.result import FAIL, WARN
+from entrypoint.actions import Performed
+from entrypoint.checkpoints.resolve import CheckpointOutcome
+from entrypoint.checks.result import FAIL, WARN, CheckResult, worst
 from entrypoint.durable import replace_text
-from entrypoint.preflight import PreflightResult
+from entrypoint.plan import Plan
 from entrypoint.redact import Redactor
 
+# Which probe's cost belongs to which check (several checks share one probe).
+_PROBE_OF_CHECK = {"writable-output": "writable", "writable-backup": "writable", "writable-log": "writable"}
 
-def build_report(result: PreflightResult) -> dict[str, Any]:
-    outcome = result.checkpoint
+
+def build_report(
+    plan: Plan,
+    outcome: CheckpointOutcome,
+    mode: str,
+    performed: Performed | None = None,
+    extra_checks: list[CheckResult] | None = None,
+) -> dict[str, Any]:
+    """The report of `check` (performed None: the actions are what `run` would do) or of `run`."""
+    checks = [*plan.checks, *(extra_checks or [])]
+    checks = [
+        CheckResult("checkpoint", outcome.status, outcome.message, outcome.fix)
+        if c.name == "checkpoint"
+        else c
+        for c in checks
+    ]
     chosen = outcome.load_path
+    if performed is None:
+        actions = [action.to_json() for action in plan.actions]
+    else:
+        actions = [result.to_json() for result in performed.results]
     return {
         "version": __version__,
-        "mode": result.mode,
-        "status": result.status,
+        "mode": mode,
+        "status": worst(check.status for check in checks),
         "cpu": {
-            "usable": result.cpu.usable,
-            "usable_exact": result.cpu.usable_exact,
-            "source": result.cpu.source,
-            "workers": result.cpu.workers,
-            "requested_workers": result.cpu.requested_workers,
-            "threads": result.cpu.threads,
-            "processes": result.processes,
+            "usable": plan.cpu.usable,
+            "usable_exact": plan.cpu.usable_exact,
+            "source": plan.cpu.source,
+            "workers": plan.workers,
+            "requested_workers": plan.cpu.requested_workers,
+            "threads": plan.cpu.threads,
+            "processes": plan.cpu.processes,
         },
         "gpu": {
-            "count": result.gpu.count,
+            "count": plan.facts.gpu.count,
             "devices": [
-                {"index": d.index, "name": d.name, "memory_mib": d.memory_mib} for d in result.gpu.devices
+                {"index": d.index, "name": d.name, "memory_mib": d.memory_mib} for d in plan.facts.gpu.devices
             ],
-            "driver_version": result.gpu.driver_version,
-            "cuda_version": result.gpu.cuda_version,
+            "driver_version": plan.facts.gpu.driver_version,
+            "cuda_version": plan.facts.gpu.cuda_version,
         },
-        "checks": [check.to_json() for check in result.checks],
+        "checks": [{**check.to_json(), "ms": _cost(plan.cost_ms, check.name)} for check in checks],
+        "actions": actions,
         "checkpoint": {
             "chosen": chosen,
             "update": outcome.update,
@@ -60,9 +83,14 @@ def build_report(result: PreflightResult) -> dict[str, Any]:
             }
             for item in outcome.quarantined
         ],
-        "trainer": {"argv": list(result.argv)},
-        "notes": list(result.notes),
+        "trainer": {"argv": list(plan.argv)},
+        "notes": [],
     }
+
+
+def _cost(cost_ms: dict[str, float], check: str) -> float | None:
+    value = cost_ms.get(_PROBE_OF_CHECK.get(check, check))
+    return None if value is None else round(value, 1)
 
 
 def redact_tree(value: Any, redact: Redactor) -> Any:
@@ -97,6 +125,16 @@ def render_text(report: dict[str, Any]) -> str:
         lines.append(f"  checkpoint: {problem}")
     for note in report["notes"]:
         lines.append(f"  note: {note}")
+    for action in report["actions"]:
+        if action["what"] in ("quarantine", "move-aside"):
+            continue  # listed above, with their causes
+        line = _describe_action(action)
+        if "done" not in action:
+            lines.append(f"  will: {line}")
+        elif action["done"]:
+            lines.append(f"  done: {line}")
+        else:
+            lines.append(f"  NOT done: {line} ({action['error']})")
     checkpoint = report["checkpoint"]
     if checkpoint["chosen"]:
         update = "" if checkpoint["update"] is None else f" at update {checkpoint['update']}"
@@ -112,6 +150,14 @@ def render_text(report: dict[str, Any]) -> str:
         f"({fails} failed, {warns} warning(s), {len(report['checks'])} checks)"
     )
     return "\n".join(lines)
+
+
+def _describe_action(action: dict[str, Any]) -> str:
+    text = f"{action['what']} {action['path']}"
+    target = action.get("landed") or action.get("target")
+    if target and target != action["path"]:
+        text += f" -> {target}"
+    return text + (f": {action['cause']}" if action["cause"] else "")
 
 
 def write_report(folder: Path, report: dict[str, Any], text: str) -> str | None:

@@ -20,11 +20,12 @@ from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
 from entrypoint.errors import ConfigError
+from entrypoint.handoff import ENV_NAMES as HANDOFF_NAMES
+from entrypoint.presets import PRESET_NAMES
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 CHECKPOINT_SOURCE_NAMES = ("last", "numbered", "backups", "pretrained")
-MODEL_PRESETS = ("F5TTS_v1_Base", "F5TTS_Base", "E2TTS_Base", "tiny")
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,7 @@ class Settings:
         "F5TTS_v1_Base",
         "Model architecture, as F5-TTS's fine-tuning CLI defines it.",
         "model",
-        choices=MODEL_PRESETS,
+        choices=PRESET_NAMES,
     )
     tokenizer: str = _setting(
         "choice",
@@ -407,6 +408,11 @@ class Settings:
         maximum=65535,
     )
 
+    @property
+    def vocab_path(self) -> Path:
+        """VOCAB_FILE, else the vocab.txt prepare_csv_wavs writes into DATASET_DIR."""
+        return self.vocab_file or self.dataset_dir / "vocab.txt"
+
     def describe(self) -> dict[str, str]:
         """The values as strings, for reports (every field is safe to show: secrets are not settings)."""
         shown: dict[str, str] = {}
@@ -437,13 +443,7 @@ OTHER_KNOWN_NAMES = (
     "ENV_FILE",
     "COMPOSE_FILE",
     "COMPOSE_PROJECT_NAME",
-    "PREFLIGHT_CHECKPOINT",
-    "PREFLIGHT_CHECKPOINT_KIND",
-    "PREFLIGHT_CHECKPOINT_UPDATE",
-    "PREFLIGHT_WORKERS",
-    "PREFLIGHT_TORCH_THREADS",
-    "PREFLIGHT_REPORT",
-    "PREFLIGHT_VERSION",
+    *HANDOFF_NAMES,
     "WANDB_API_KEY",
     "HF_TOKEN",
 )

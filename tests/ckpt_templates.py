@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from entrypoint.checkpoints.resolve import CheckpointOutcome
 from entrypoint.checkpoints.validate import validate_file
 from entrypoint.checkpoints.verdict import Verdict
 from entrypoint.settings import Settings, load_settings
@@ -101,3 +102,41 @@ class CountingValidator:
     def __call__(self, path: Path, **options: Any) -> Verdict:
         self.calls.append((Path(path).name, bool(options.get("deep"))))
         return validate_file(path, **options)
+
+
+def resolve_checkpoint(
+    settings: Settings, *, apply: bool, validator: Any = None, expect: Any = None, progress: Any = None
+) -> CheckpointOutcome:
+    """The checkpoint part of `preflight check` (apply=False) or of `preflight run` (apply=True): plan, then
+    perform the planned actions, save the verdict cache and check stock mode's landing, as `run` does."""
+    import dataclasses
+
+    from entrypoint.actions import perform
+    from entrypoint.checkpoints.resolve import failed_after_actions, plan_checkpoint, settle
+    from entrypoint.modes import mode_for
+
+    mode = mode_for(settings)
+    plan = plan_checkpoint(settings, mode, validator=validator, expect=expect, progress=progress)
+    if not apply:
+        return settle(plan, None, settings)
+    performed = perform(plan.actions, quarantine_dir=settings.quarantine_dir)
+    outcome = settle(plan, performed.results, settings)
+    if plan.cache is not None:
+        warning = plan.cache.save()
+        if warning:
+            outcome = dataclasses.replace(outcome, problems=(*outcome.problems, warning))
+    failed = performed.failed_required
+    if failed is not None:
+        return failed_after_actions(outcome, f"{failed.action.describe()}: {failed.error}", "")
+    landing = mode.verify(settings, outcome.load_path if outcome.kind != "none" else None)
+    if landing is not None:
+        return failed_after_actions(outcome, landing.message, landing.fix)
+    return outcome
+
+
+def planned_actions(settings: Settings) -> tuple[Any, ...]:
+    """The checkpoint actions `preflight check` lists for these settings."""
+    from entrypoint.checkpoints.resolve import plan_checkpoint
+    from entrypoint.modes import mode_for
+
+    return plan_checkpoint(settings, mode_for(settings)).actions

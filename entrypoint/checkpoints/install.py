@@ -33,8 +33,7 @@ from entrypoint import naming
 from entrypoint.checkpoints.f5_rule import F5Choice, f5_choice
 from entrypoint.checkpoints.quarantine import rename_no_replace
 from entrypoint.checkpoints.verdict import FORMAT_SAFETENSORS, KIND_TRAINING, Verdict
-from entrypoint.durable import fsync_folder, fsync_path, replace_via_temp
-from entrypoint.errors import CheckFailed
+from entrypoint.durable import fsync_path
 
 COPY_MARGIN_BYTES = 64 * 1024 * 1024
 
@@ -43,15 +42,6 @@ COPY_MARGIN_BYTES = 64 * 1024 * 1024
 class Placement:
     name: str
     link_allowed: bool
-
-
-@dataclass(frozen=True)
-class InstallResult:
-    ok: bool
-    load_path: Path | None
-    actions: tuple[str, ...] = ()  # what was done (or, in a dry run, would be done), in words
-    message: str = ""  # when not ok: what is wrong
-    fix: str = ""
 
 
 def _extension(verdict: Verdict) -> str:
@@ -138,56 +128,6 @@ def _method(folder: Path, chosen: Path, placement: Placement) -> str:
         return "copy"
 
 
-def install_stock(
-    folder: Path, chosen: Path, verdict: Verdict, *, apply: bool, names: Iterable[str] | None = None
-) -> InstallResult:
-    """Arrange `folder` so F5-TTS's stock rule loads `chosen`; `names` simulates the listing in a dry run."""
-    listing = list(names) if names is not None else _listdir(folder)
-    name, how = plan_stock(folder, chosen, verdict, listing)
-    if name is None:
-        shown = f5_choice(listing)
-        loads = shown.name or shown.error or "nothing"
-        return InstallResult(
-            False,
-            None,
-            message=(
-                f"F5-TTS's stock trainer would load {loads} from {folder}, not the chosen {chosen} ({how})"
-            ),
-            fix=(
-                f"move the files it would pick out of {folder} (or fix their permissions), "
-                "or use TRAINER_MODE=safe, which loads the chosen file by path"
-            ),
-        )
-    target = folder / name
-    if how == "in place":
-        return InstallResult(True, target)
-    action = f"{'hard-link' if how == 'link' else 'copy'} {chosen} to {target}"
-    if not apply:
-        return InstallResult(True, target, (f"would {action}",))
-    try:
-        if how == "link":
-            try:
-                os.link(chosen, target, follow_symlinks=True)
-            except OSError as error:
-                if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                    raise
-                how, action = "copy", f"copy {chosen} to {target}"
-                atomic_copy(chosen, target)
-        else:
-            atomic_copy(chosen, target)
-        fsync_folder(folder)
-    except OSError as error:
-        reason = "read-only file system" if error.errno == errno.EROFS else (error.strerror or str(error))
-        return InstallResult(
-            False,
-            None,
-            (f"could not {action}",),
-            message=f"cannot place {chosen} where F5-TTS's stock trainer will load it: {reason}",
-            fix=f"make {folder} writable with room for one checkpoint, or use TRAINER_MODE=safe",
-        )
-    return InstallResult(True, target, (action,))
-
-
 def atomic_copy(source: Path, target: Path) -> None:
     """Copy to a temp name in the target folder, fsync, rename (never replacing a file)."""
     size = source.stat().st_size
@@ -203,35 +143,3 @@ def atomic_copy(source: Path, target: Path) -> None:
         with contextlib.suppress(OSError):
             temp.unlink()
         raise
-
-
-def _listdir(folder: Path) -> list[str]:
-    try:
-        return os.listdir(folder)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def give_own_copy(path: Path, *, apply: bool) -> str | None:
-    """F5-TTS's stock trainer rewrites model_last.pt in place; if that file is hard-linked (our trainer backs
-    it up by hard link), the stock save would rewrite the backup too. Replace it by a private copy (temp file,
-    fsync, rename): the linked backup keeps its bytes. Returns what was (or would be) done, None if nothing."""
-    try:
-        links = path.stat().st_nlink
-    except FileNotFoundError:
-        return None
-    if links < 2:
-        return None
-    what = f"{path.name} shares its data with {links - 1} other name(s) (hard-linked backups)"
-    if not apply:
-        return f"{what}: `preflight run` gives it its own copy before F5-TTS's stock trainer writes to it"
-    size = path.stat().st_size
-    free = shutil.disk_usage(path.parent).free
-    if free < size + COPY_MARGIN_BYTES:
-        raise CheckFailed(
-            f"{what}, and there is no room for a private copy ({free / 1e9:.1f} GB free): the stock trainer "
-            "would overwrite the backup",
-            "free space in OUTPUT_DIR or use TRAINER_MODE=safe",
-        )
-    replace_via_temp(path, lambda temp: shutil.copyfile(path, temp))
-    return f"{what}: replaced by its own copy so the stock trainer cannot overwrite the backup"

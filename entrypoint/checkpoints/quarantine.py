@@ -103,6 +103,17 @@ def free_name(folder: Path, name: str, suffix: str = naming.QUARANTINE_SUFFIX) -
     raise FileExistsError(errno.EEXIST, f"no free quarantine name for {name} in {folder}")
 
 
+def planned_destination(
+    path: Path, quarantine_dir: Path | None, suffix: str = naming.QUARANTINE_SUFFIX
+) -> tuple[Path | None, str]:
+    """Where `quarantine` would move `path` now (None when no free name exists), and the folder note."""
+    folder, note = quarantine_destination(path, quarantine_dir)
+    try:
+        return free_name(folder, path.name, suffix), note
+    except OSError:
+        return None, note
+
+
 def _stat_fields(path: Path) -> dict[str, Any]:
     info = path.lstat()
     return {
@@ -124,14 +135,13 @@ def quarantine(
     level: str,
     *,
     quarantine_dir: Path | None = None,
-    apply: bool = True,
     details: dict[str, Any] | None = None,
     suffix: str = naming.QUARANTINE_SUFFIX,
 ) -> QuarantineResult:
     """Rename `path` (file, directory or symlink itself) out of the way and write its reason file.
 
-    With apply=False nothing changes: the result names where it would go. Errors (a read-only volume,
-    permissions) are returned, not raised: the caller decides whether the run can go on.
+    Errors (a read-only volume, permissions) are returned, not raised: the caller decides whether the run
+    can go on.
     """
     folder, note = quarantine_destination(path, quarantine_dir)
     into = folder != path.parent
@@ -140,8 +150,6 @@ def quarantine(
         destination = free_name(folder, path.name, suffix)
     except OSError as error:
         return QuarantineResult(path, None, None, note, error.strerror or str(error), into)
-    if not apply:
-        return QuarantineResult(path, None, None, note, "dry run", into)
     reason_path = destination.with_name(destination.name + naming.REASON_SUFFIX)
     record = {
         "file": str(path),

@@ -279,7 +279,9 @@ def _zip_failure(
     level: str, f: BinaryIO, state: _Progress, damage: Exception, reference_size: int | None
 ) -> _Failed:
     truncated = getattr(damage, "truncated", False)
-    return _Failed(level, _zip_cause(f, state, damage, reference_size), FAILURE_TRUNCATED if truncated else "")
+    return _Failed(
+        level, _zip_cause(f, state, damage, reference_size), FAILURE_TRUNCATED if truncated else ""
+    )
 
 
 def _zip_cause(f: BinaryIO, state: _Progress, damage: Exception, reference_size: int | None) -> str:

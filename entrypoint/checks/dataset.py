@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from entrypoint.checks.result import FAIL, OK, CheckResult, human_bytes
-from entrypoint.presets import vocab_size_of
+from entrypoint.vocab import vocabulary_size
 
 REQUIRED_FILES = ("raw.arrow", "duration.json")
 PREPARE_FIX = (
@@ -33,7 +33,7 @@ def check_dataset(dataset_dir: Path, vocab_file: Path) -> tuple[CheckResult, int
             "dataset", FAIL, f"DATASET_DIR {dataset_dir}: {' and '.join(empty)} is empty", PREPARE_FIX
         ), None
     try:
-        vocab_size = vocab_size_of(vocab_file.read_text(encoding="utf-8"))
+        vocab_size = vocabulary_size(vocab_file)
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or str(error)
         return CheckResult(

@@ -20,10 +20,17 @@ from pathlib import Path
 import pytest
 
 from entrypoint.checkpoints.f5_rule import f5_choice_in
-from entrypoint.checkpoints.pipeline import CheckpointOutcome, resolve_checkpoint
+from entrypoint.checkpoints.resolve import CheckpointOutcome
 from entrypoint.checkpoints.validate import Expectation
 from entrypoint.settings import Settings
-from tests.ckpt_templates import build_templates, make_settings, place, sha256_of, snapshot
+from tests.ckpt_templates import (
+    build_templates,
+    make_settings,
+    place,
+    resolve_checkpoint,
+    sha256_of,
+    snapshot,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 NOBODY = 65534
@@ -134,7 +141,7 @@ def test_a_newer_complete_temp_replaces_an_older_valid_final_which_is_moved_asid
     dry = resolve_checkpoint(settings, apply=False)
     assert snapshot(tmp_path) == before
     assert dry.update == 400 and dry.load_path == str(last)
-    assert any("would move" in p and "superseded" in p for p in dry.problems)
+    assert [(q.superseded, q.error) for q in dry.quarantined] == [(True, "dry run")]
 
     outcome = resolve_checkpoint(settings, apply=True)
     assert outcome.update == 400 and outcome.load_path == str(last)
@@ -223,11 +230,15 @@ def test_missing_quarantine_dir_is_named_for_each_file_renamed_in_place(
 
 _AS_NOBODY = """
 import json, sys
-from entrypoint.checkpoints.pipeline import resolve_checkpoint
+
+from entrypoint.actions import perform
+from entrypoint.checkpoints.resolve import plan_checkpoint, settle
+from entrypoint.modes import mode_for
 from entrypoint.settings import load_settings
 environ = json.loads(sys.argv[1])
 settings = load_settings(environ).settings
-outcome = resolve_checkpoint(settings, apply=True)
+plan = plan_checkpoint(settings, mode_for(settings))
+outcome = settle(plan, perform(plan.actions, quarantine_dir=settings.quarantine_dir).results, settings)
 print(json.dumps({"status": outcome.status, "message": outcome.message, "fix": outcome.fix,
                   "update": outcome.update, "quarantined": [[q.path, q.moved_to, q.error]
                   for q in outcome.quarantined]}))

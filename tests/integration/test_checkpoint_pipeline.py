@@ -14,7 +14,7 @@ import pytest
 
 from entrypoint.checkpoints.cache import CACHE_FILE_NAME
 from entrypoint.checkpoints.f5_rule import f5_choice_in
-from entrypoint.checkpoints.pipeline import CheckpointOutcome, resolve_checkpoint
+from entrypoint.checkpoints.resolve import CheckpointOutcome
 from entrypoint.checkpoints.validate import validate_file
 from entrypoint.settings import Settings
 from tests.ckpt_templates import (
@@ -23,6 +23,8 @@ from tests.ckpt_templates import (
     flip_tensor_byte,
     make_settings,
     place,
+    planned_actions,
+    resolve_checkpoint,
     sha256_of,
     snapshot,
 )
@@ -94,8 +96,10 @@ def test_check_mode_changes_nothing_and_reports_what_it_would_do(
         ("model_last.pt", None, "dry run"),
         ("model_900.pt", None, "dry run"),
     }
-    assert any(p.startswith("would remove") and ".partial-" in p for p in outcome.problems)
-    assert any(p.startswith("would hard-link") for p in outcome.problems)
+    planned = {(a.kind, a.path.name, a.target.name if a.target else None) for a in planned_actions(settings)}
+    assert ("remove-temp", ".model_last.pt.partial-999999-00000001", None) in planned
+    assert ("install-link", "model_200.pt", "model_200.pt") in planned
+    assert ("quarantine", "model_last.pt", "model_last.pt.corrupted") in planned
     # The real run then does exactly that.
     applied = resolve_checkpoint(settings, apply=True)
     assert applied.load_path == outcome.load_path and applied.update == 200
@@ -242,11 +246,12 @@ def test_complete_temp_is_promoted_and_stale_temp_removed(tmp_path: Path, templa
     digest = sha256_of(temp)
     stale = place(templates["100"], out / ".model_100.pt.partial-999999-00000bbb")
     place(templates["200"], out / "model_200.pt")
+    planned = [(a.kind, a.path) for a in planned_actions(settings)]
+    assert ("place-save", temp) in planned and ("remove-temp", stale) in planned
     outcome = resolve_checkpoint(settings, apply=True)
     assert outcome.update == 300 and outcome.load_path == str(out / "model_last.pt")
     assert sha256_of(out / "model_last.pt") == digest and not temp.exists()
     assert not stale.exists()
-    assert any("renamed" in p for p in outcome.problems) and any("removed" in p for p in outcome.problems)
 
 
 def test_complete_newer_temp_next_to_a_valid_final_is_kept_in_strict_order(

@@ -299,10 +299,15 @@ def test_one_trainer_per_output_dir(workspace: Path) -> None:
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        report = workspace / "output" / "preflight" / "report.json"
+        report.parent.mkdir(parents=True)
+        report.write_text('{"held by": "the running trainer"}')
         checked = preflight(workspace, "check", *env_args(workspace))
-        assert checked.returncode == 0 and "another trainer is using" in checked.stdout
+        # `check` says what `run` would do: stop.
+        assert checked.returncode == 3 and "another trainer is using" in checked.stdout
         done = preflight(workspace, "run", *env_args(workspace), "--", "true")
         assert done.returncode == 3 and "pid 4242 on other-host" in done.stdout
+        assert report.read_text() == '{"held by": "the running trainer"}'  # the holder's report is kept
     finally:
         holder.communicate("", timeout=30)
     # Released (the holder ended): the run takes the lock and the trainer it execs holds it.
@@ -323,7 +328,7 @@ def test_one_trainer_per_output_dir(workspace: Path) -> None:
 def test_builtin_trainer_without_f5_tts_installed(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from entrypoint.preflight import run_preflight
+    from entrypoint.commands.common import make_plan
     from entrypoint.settings import load_settings
 
     real_find_spec = importlib.util.find_spec
@@ -333,12 +338,12 @@ def test_builtin_trainer_without_f5_tts_installed(workspace: Path, monkeypatch: 
 
     monkeypatch.setattr(importlib.util, "find_spec", without_f5_tts)
     loaded = load_settings({}, cli_env_file=str(workspace / "test.env"))
-    checked = run_preflight(loaded, apply=False, environ={"PATH": os.environ["PATH"]})
-    trainer = next(check for check in checked.checks if check.name == "trainer")
-    assert trainer.status == "warn" and "F5-TTS and torch are not installed" in trainer.message
-    ran = run_preflight(loaded, apply=True, environ={"PATH": os.environ["PATH"]})
-    assert next(check for check in ran.checks if check.name == "trainer").status == "fail"
-    assert ran.status == "fail" and not (workspace / "output" / ".train.lock").exists()
+    plan = make_plan(loaded, environ={"PATH": os.environ["PATH"]})
+    trainer = next(check for check in plan.checks if check.name == "trainer")
+    assert trainer.status == "fail" and "F5-TTS and torch are not installed" in trainer.message
+    # `check` says exactly what `run` would do: nothing, and no trainer start.
+    assert plan.status == "fail" and plan.actions == () and plan.handoff is None
+    assert not (workspace / "output" / ".train.lock").exists()
 
 
 def test_trainer_gets_the_paths_the_preflight_resolved(tmp_path: Path) -> None:

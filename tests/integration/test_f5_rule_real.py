@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from entrypoint.checkpoints.f5_rule import f5_choice
-from entrypoint.checkpoints.pipeline import resolve_checkpoint
-from tests.ckpt_templates import build_templates, flip_tensor_byte, make_settings, place
+from tests.ckpt_templates import build_templates, flip_tensor_byte, make_settings, place, resolve_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.trainer]
 

@@ -20,7 +20,7 @@ from entrypoint.checks.limits import check_init, check_ulimits
 from entrypoint.checks.logger import check_logger
 from entrypoint.checks.result import FAIL, OK, WARN, worst
 from entrypoint.checks.shm import check_shm
-from entrypoint.checks.writable import check_writable
+from entrypoint.checks.writable import check_writable, probe_folder
 from entrypoint.probes.storage import LimitFacts, ShmFacts, SpaceFacts, probe_shm, probe_space
 from entrypoint.wait import wait_for_path, wait_until_stable
 from tests.mounts import tmpfs
@@ -91,17 +91,16 @@ def test_disk_real_probe(tmp_path: Path) -> None:
 
 
 def test_writable_real_folder_and_missing_folder(tmp_path: Path) -> None:
-    assert check_writable("output", "OUTPUT_DIR", tmp_path, create=False).status == OK
+    assert check_writable("output", "OUTPUT_DIR", probe_folder(tmp_path)).status == OK
     missing = tmp_path / "a" / "b"
-    result = check_writable("output", "OUTPUT_DIR", missing, create=False)
-    assert result.status == WARN and not missing.exists()
-    assert check_writable("output", "OUTPUT_DIR", missing, create=True).status == OK and missing.is_dir()
-    assert list(missing.iterdir()) == []
+    result = check_writable("output", "OUTPUT_DIR", probe_folder(missing))
+    assert result.status == OK and "creates it" in result.message and not missing.exists()
+    assert list(tmp_path.iterdir()) == []  # the write test left nothing behind
 
 
 def test_writable_file_instead_of_folder(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
-    assert check_writable("log", "LOG_DIR", tmp_path / "f", create=True).status == FAIL
+    assert check_writable("log", "LOG_DIR", probe_folder(tmp_path / "f")).status == FAIL
 
 
 @pytest.fixture
@@ -111,7 +110,7 @@ def read_only_mount(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_writable_read_only_mount_fails_with_reason(read_only_mount: Path) -> None:
-    result = check_writable("output", "OUTPUT_DIR", read_only_mount, create=True)
+    result = check_writable("output", "OUTPUT_DIR", probe_folder(read_only_mount))
     assert result.status == FAIL and "read-only file system" in result.message
     assert "OUTPUT_DIR" in result.fix
 
@@ -119,9 +118,9 @@ def test_writable_read_only_mount_fails_with_reason(read_only_mount: Path) -> No
 def _as_nobody(folder: Path) -> subprocess.CompletedProcess[str]:
     code = (
         # Import first: the interpreter's own files may not be readable by the other user.
-        "import os; from pathlib import Path; from entrypoint.checks.writable import check_writable;"
+        "import os; from pathlib import Path; from entrypoint.checks.writable import check_writable, probe_folder;"
         "os.setgid(65534); os.setuid(65534);"
-        f"r = check_writable('output', 'OUTPUT_DIR', Path({str(folder)!r}), create=False);"
+        f"r = check_writable('output', 'OUTPUT_DIR', probe_folder(Path({str(folder)!r})));"
         "print(r.status, r.message)"
     )
     return subprocess.run(

@@ -1,4 +1,4 @@
-"""The trainer command line and the stock-mode folder links (torch-free)."""
+"""The trainer command line of each TRAINER_MODE and the stock-mode folder links (torch-free)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.errors import CheckFailed, ConfigError
+from entrypoint.actions import LINK_FOLDER, perform
+from entrypoint.errors import ConfigError
+from entrypoint.modes import StockMode, mode_for, stock_arguments
 from entrypoint.settings import load_settings
-from entrypoint.train import commands
-from entrypoint.train.commands import build_trainer_argv, prepare_stock_layout, stock_arguments
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _settings(**values: str):
     return load_settings({key.upper(): value for key, value in values.items()}).settings
+
+
+def build_trainer_argv(settings, *, processes: int) -> list[str]:
+    return mode_for(settings).argv(settings, processes)
 
 
 def test_safe_mode_single_process_runs_the_driver_with_this_python() -> None:
@@ -121,8 +125,8 @@ def test_stock_arguments_parse_with_the_real_finetune_cli(tmp_path: Path) -> Non
     assert parsed["logger"] == "wandb"
 
 
-def test_commands_module_imports_without_torch() -> None:
-    code = "import sys, entrypoint.train.commands; assert 'torch' not in sys.modules, 'torch was imported'"
+def test_modes_module_imports_without_torch() -> None:
+    code = "import sys, entrypoint.modes; assert 'torch' not in sys.modules, 'torch was imported'"
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=False
     )
@@ -139,32 +143,28 @@ def _layout_settings(tmp_path: Path):
     )
 
 
-def test_prepare_stock_layout_links_package_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stock_layout_links_package_folders(tmp_path: Path) -> None:
     root = tmp_path / "site"
-    monkeypatch.setattr(commands, "f5_tts_root", lambda: root)
     settings = _layout_settings(tmp_path)
-    planned = prepare_stock_layout(settings, apply=False)
-    assert all(line.startswith("would link") for line in planned) and len(planned) == 2
-    assert not root.exists()
-    done = prepare_stock_layout(settings, apply=True)
+    planned, problem = StockMode().layout(settings, root)
+    assert problem is None and [a.kind for a in planned] == [LINK_FOLDER, LINK_FOLDER]
+    assert not root.exists()  # planning changes nothing
+    assert all(result.done for result in perform(planned, quarantine_dir=None).results)
     assert os.readlink(root / "ckpts" / "ptbr") == str(tmp_path / "output")
     assert os.readlink(root / "data" / "ptbr_char") == str(tmp_path / "dataset")
-    assert all("now points to" in line for line in done)
-    again = prepare_stock_layout(settings, apply=True)
-    assert all("already points to" in line for line in again)
+    assert StockMode().layout(settings, root) == ([], None)  # already in place: nothing to do
 
 
-def test_prepare_stock_layout_repoints_an_old_link_and_refuses_a_real_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_stock_layout_repoints_an_old_link_and_refuses_a_real_folder(tmp_path: Path) -> None:
     root = tmp_path / "site"
-    monkeypatch.setattr(commands, "f5_tts_root", lambda: root)
     (root / "ckpts").mkdir(parents=True)
     (root / "ckpts" / "ptbr").symlink_to(tmp_path / "old-output")
+    settings = _layout_settings(tmp_path)
+    planned, _ = StockMode().layout(settings, root)
+    assert (planned[0].path, planned[0].target) == (root / "ckpts" / "ptbr", tmp_path / "output")
     (root / "data" / "ptbr_char").mkdir(parents=True)
     (root / "data" / "ptbr_char" / "raw.arrow").write_bytes(b"user data")
-    settings = _layout_settings(tmp_path)
-    with pytest.raises(CheckFailed, match="not a link"):
-        prepare_stock_layout(settings, apply=True)
+    planned, problem = StockMode().layout(settings, root)
+    assert planned == [] and problem is not None and "not a link" in problem.message
     assert (root / "data" / "ptbr_char" / "raw.arrow").read_bytes() == b"user data"  # untouched
-    assert os.readlink(root / "ckpts" / "ptbr") == str(tmp_path / "output")  # the old link was re-pointed
+    assert os.readlink(root / "ckpts" / "ptbr") == str(tmp_path / "old-output")  # nothing done at all

@@ -7,14 +7,40 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from entrypoint.actions import INSTALL_COPY, INSTALL_LINK, OWN_COPY, Action, perform
 from entrypoint.checkpoints.f5_rule import f5_choice_in
-from entrypoint.checkpoints.install import install_stock, plan_stock, pretrained_copy_name
+from entrypoint.checkpoints.install import plan_stock, pretrained_copy_name
 from entrypoint.checkpoints.validate import validate_file
+from entrypoint.checkpoints.verdict import Verdict
 from tests.ckpt_templates import build_templates, place
+
+
+@dataclass(frozen=True)
+class Installed:
+    ok: bool
+    load_path: Path | None
+    actions: tuple[Action, ...]
+    why: str = ""
+
+
+def install_stock(folder: Path, chosen: Path, verdict: Verdict, *, apply: bool) -> Installed:
+    """What stock mode plans for the chosen file (plan_stock), performed as `run` performs it."""
+    name, how = plan_stock(folder, chosen, verdict, os.listdir(folder))
+    if name is None:
+        return Installed(False, None, (), how)
+    planned: tuple[Action, ...] = ()
+    if how != "in place":
+        planned = (
+            Action(INSTALL_LINK if how == "link" else INSTALL_COPY, chosen, folder / name, required=True),
+        )
+    if apply:
+        assert all(result.done for result in perform(planned, quarantine_dir=None).results)
+    return Installed(True, folder / name, planned)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +67,7 @@ def test_backup_is_hard_linked_under_its_numbered_name(tmp_path: Path, templates
     assert result.ok and result.load_path == folder / "model_300.pt"
     assert os.path.samefile(result.load_path, backup)
     assert f5_choice_in(folder).name == "model_300.pt"
-    assert "hard-link" in result.actions[0]
+    assert result.actions[0].kind == INSTALL_LINK
 
 
 def test_copy_to_model_last_when_a_higher_name_would_win(tmp_path: Path, templates: dict[str, Path]) -> None:
@@ -101,7 +127,7 @@ def test_dry_run_changes_nothing_but_says_what_it_would_do(
     backup = place(templates["300"], tmp_path / "backups" / "model_300.pt")
     result = install_stock(folder, backup, validate_file(backup), apply=False)
     assert result.ok and result.load_path == folder / "model_300.pt"
-    assert result.actions and result.actions[0].startswith("would hard-link")
+    assert [a.kind for a in result.actions] == [INSTALL_LINK]
     assert os.listdir(folder) == []
 
 
@@ -112,7 +138,7 @@ def test_impossible_placement_fails_with_a_fix(tmp_path: Path, templates: dict[s
     backup = place(templates["300"], tmp_path / "backups" / "model_300.pt")
     result = install_stock(folder, backup, validate_file(backup), apply=True)
     assert not result.ok and result.load_path is None
-    assert "model_last.pt" in result.message and "TRAINER_MODE=safe" in result.fix
+    assert "model_last.pt exists" in result.why
     assert sorted(os.listdir(folder)) == ["model_last.pt"]
 
 
@@ -147,25 +173,20 @@ def test_across_file_systems_it_copies(
     backup = place(templates["300"], other_fs_dir / "model_300.pt")
     result = install_stock(folder, backup, validate_file(backup), apply=True)
     assert result.ok and result.load_path == folder / "model_300.pt"
-    assert result.actions[0].startswith("copy")
+    assert result.actions[0].kind == INSTALL_COPY
     assert _sha(result.load_path) == _sha(backup)
     assert validate_file(result.load_path, deep=True).valid
 
 
 def test_a_hard_linked_model_last_gets_its_own_copy_before_the_stock_trainer_writes(tmp_path: Path) -> None:
-    from entrypoint.checkpoints.install import give_own_copy
-
     output, backups = tmp_path / "output", tmp_path / "backups"
     output.mkdir()
     backups.mkdir()
     last = output / "model_last.pt"
     last.write_bytes(b"checkpoint at update 5000")
     os.link(last, backups / "model_5000.pt")
-    assert "`preflight run` gives it its own copy" in (give_own_copy(last, apply=False) or "")
-    assert last.stat().st_nlink == 2  # check mode changes nothing
-    assert "replaced by its own copy" in (give_own_copy(last, apply=True) or "")
-    assert last.stat().st_nlink == 1 and (backups / "model_5000.pt").stat().st_nlink == 1
+    (result,) = perform([Action(OWN_COPY, last, required=True)], quarantine_dir=None).results
+    assert result.done and last.stat().st_nlink == 1 and (backups / "model_5000.pt").stat().st_nlink == 1
     with open(last, "wb") as handle:  # what a stock in-place torch.save does
         handle.write(b"checkpoint at update 5100")
     assert (backups / "model_5000.pt").read_bytes() == b"checkpoint at update 5000"
-    assert give_own_copy(last, apply=True) is None

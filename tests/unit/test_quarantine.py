@@ -12,6 +12,7 @@ import pytest
 import entrypoint
 from entrypoint.checkpoints.quarantine import (
     free_name,
+    planned_destination,
     quarantine,
     quarantine_destination,
     rename_no_replace,
@@ -69,10 +70,10 @@ def test_rename_no_replace_refuses_an_existing_name(tmp_path: Path) -> None:
     assert src.exists() and _sha(dst) == digest
 
 
-def test_dry_run_changes_nothing(tmp_path: Path) -> None:
+def test_planned_destination_changes_nothing(tmp_path: Path) -> None:
     bad = _bad_file(tmp_path)
-    result = quarantine(bad, "bad", "structure", apply=False)
-    assert result.moved_to is None and result.error == "dry run"
+    target, note = planned_destination(bad, None)
+    assert target == tmp_path / "model_last.pt.corrupted" and note == ""
     assert sorted(os.listdir(tmp_path)) == ["model_last.pt"]
 
 
@@ -167,5 +168,6 @@ def test_quarantine_dir_missing_or_not_a_folder_renames_in_place_and_says_why(tm
 def test_a_move_into_quarantine_dir_says_so(tmp_path: Path) -> None:
     folder = tmp_path / "quarantine"
     folder.mkdir()
-    result = quarantine(_bad_file(tmp_path), "bad", "structure", quarantine_dir=folder, apply=False)
-    assert result.error == "dry run" and result.into_quarantine_dir and result.note == ""
+    result = quarantine(_bad_file(tmp_path), "bad", "structure", quarantine_dir=folder)
+    assert result.error is None and result.into_quarantine_dir and result.note == ""
+    assert result.moved_to == folder / "model_last.pt.corrupted"

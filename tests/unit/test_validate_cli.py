@@ -65,6 +65,7 @@ def test_json_is_a_list_of_verdicts(folder: Path, capsys: pytest.CaptureFixture[
             "kind": "training",
             "update": 1200,
             "levels": ["structure", "schema"],
+            "failure": "",
         },
         {
             "path": paths[1],
@@ -74,6 +75,7 @@ def test_json_is_a_list_of_verdicts(folder: Path, capsys: pytest.CaptureFixture[
             "kind": "unknown",
             "update": None,
             "levels": [],
+            "failure": "structure",
         },
     ]
 

@@ -1,0 +1,175 @@
+"""Everything the plan needs to know about this machine and these folders, gathered by the probes. Reads only.
+
+The probes are timed one by one: `preflight check --json` shows what each check cost, so a slow one is
+visible. `wait=True` (`preflight run`) first gives a late mount or a file still being copied a bounded time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shlex
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from entrypoint import run_lock
+from entrypoint.checks.dataset import check_dataset
+from entrypoint.checks.result import FAIL, WARN, CheckResult
+from entrypoint.checks.writable import FolderFacts, probe_folder
+from entrypoint.launch import trainer_problem
+from entrypoint.presets import PRESETS
+from entrypoint.probes.cpu import CpuFacts, probe_cpu
+from entrypoint.probes.gpu import GpuFacts, probe_gpu
+from entrypoint.probes.storage import (
+    LimitFacts,
+    ShmFacts,
+    SpaceFacts,
+    largest_checkpoint_bytes,
+    probe_limits,
+    probe_shm,
+    probe_space,
+)
+from entrypoint.settings import LoadedSettings, Settings
+from entrypoint.wait import wait_for_path, wait_until_stable
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Facts:
+    gpu: GpuFacts
+    cpu: CpuFacts
+    shm: ShmFacts
+    limits: LimitFacts
+    folders: dict[str, FolderFacts]  # by variable: OUTPUT_DIR, BACKUP_DIR (when backups are on), LOG_DIR
+    output_space: SpaceFacts
+    backup_space: SpaceFacts | None
+    checkpoint_bytes: int  # one checkpoint, for the disk check
+    checkpoint_bytes_source: str
+    dataset: CheckResult
+    vocab_size: int | None
+    processes: int  # training processes: TRAIN_PROCESSES, else one per visible GPU
+    argv: list[str]  # the command after `--`, TRAINER_COMMAND split like a shell, or the mode's trainer
+    builtin: bool  # argv is the built-in trainer of TRAINER_MODE
+    trainer_problem: str | None  # why argv[0] could not be exec'd, found before anything changes
+    f5_tts_installed: bool
+    lock_holder: str | None  # another trainer using OUTPUT_DIR
+    waits: tuple[CheckResult, ...] = ()  # what `run` waited for in vain
+    cost_ms: dict[str, float] = field(default_factory=dict)  # probe name -> milliseconds
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.cost_ms: dict[str, float] = {}
+
+    def __call__(self, name: str, probe: Callable[[], T]) -> T:
+        start = time.perf_counter()
+        try:
+            return probe()
+        finally:
+            self.cost_ms[name] = self.cost_ms.get(name, 0.0) + (time.perf_counter() - start) * 1000
+
+
+def gather_facts(
+    loaded: LoadedSettings,
+    environ: Mapping[str, str],
+    *,
+    command: list[str] | None = None,
+    wait: bool = False,
+) -> Facts:
+    from entrypoint.modes import mode_for
+
+    settings = loaded.settings
+    timed = _Timer()
+    waits = tuple(timed("wait", lambda: _wait_for_inputs(settings))) if wait else ()
+    gpu = timed("gpu", lambda: probe_gpu(environ))
+    folders = {
+        "OUTPUT_DIR": settings.output_dir,
+        **({"BACKUP_DIR": settings.backup_dir} if settings.backup_every_updates else {}),
+        "LOG_DIR": settings.log_dir,
+    }
+    size, source = timed("disk", lambda: _checkpoint_size(settings))
+    dataset, vocab_size = timed("dataset", lambda: check_dataset(settings.dataset_dir, settings.vocab_path))
+    processes = settings.train_processes or max(1, gpu.count)
+    if command:
+        argv = list(command)
+    elif settings.trainer_command:
+        argv = shlex.split(settings.trainer_command)
+    else:
+        argv = mode_for(settings).argv(settings, processes)  # a bad combination is a ConfigError (exit 2)
+    problem = timed("trainer", lambda: trainer_problem(argv, environ))
+    return Facts(
+        gpu=gpu,
+        cpu=timed("cpu", probe_cpu),
+        shm=timed("shm", probe_shm),
+        limits=timed("ulimits", probe_limits),
+        folders={name: timed("writable", lambda p=path: probe_folder(p)) for name, path in folders.items()},
+        output_space=timed("disk", lambda: probe_space(settings.output_dir)),
+        backup_space=timed("disk", lambda: probe_space(settings.backup_dir))
+        if settings.backup_every_updates
+        else None,
+        checkpoint_bytes=size,
+        checkpoint_bytes_source=source,
+        dataset=dataset,
+        vocab_size=vocab_size,
+        processes=processes,
+        argv=argv,
+        builtin=not command and not settings.trainer_command,
+        trainer_problem=problem,
+        f5_tts_installed=timed("trainer", lambda: importlib.util.find_spec("f5_tts") is not None),
+        lock_holder=timed("lock", lambda: run_lock.held_by_other(settings.output_dir)),
+        waits=waits,
+        cost_ms=timed.cost_ms,
+    )
+
+
+def _checkpoint_size(settings: Settings) -> tuple[int, str]:
+    if settings.checkpoint_size_gb is not None:
+        return int(settings.checkpoint_size_gb * 1e9), "CHECKPOINT_SIZE_GB"
+    size = max(largest_checkpoint_bytes(settings.output_dir), largest_checkpoint_bytes(settings.backup_dir))
+    if size:
+        return size, "largest checkpoint present"
+    return PRESETS[
+        settings.model_preset
+    ].estimated_checkpoint_bytes(), f"estimate for {settings.model_preset}"
+
+
+def _wait_for_inputs(settings: Settings) -> list[CheckResult]:
+    """Give late mounts and files still being copied a bounded time to settle."""
+    results = []
+    timeout = settings.wait_timeout_s
+    if not wait_for_path(settings.dataset_dir, timeout):
+        results.append(
+            CheckResult(
+                "wait",
+                FAIL,
+                f"DATASET_DIR {settings.dataset_dir} did not appear within {timeout:g} s",
+                "mount the dataset volume (compose.yaml) or fix DATASET_DIR; WAIT_TIMEOUT_S sets the wait",
+            )
+        )
+    pretrained = settings.pretrained_checkpoint
+    if pretrained is not None and "pretrained" in settings.checkpoint_sources:
+        if not wait_for_path(pretrained, timeout):
+            results.append(
+                CheckResult(
+                    "wait",
+                    WARN,
+                    f"PRETRAINED_CHECKPOINT {pretrained} did not appear within {timeout:g} s",
+                    "mount the pretrained checkpoint (compose.yaml) or fix PRETRAINED_CHECKPOINT",
+                )
+            )
+        elif not wait_until_stable(pretrained, timeout):
+            results.append(
+                CheckResult(
+                    "wait",
+                    WARN,
+                    f"PRETRAINED_CHECKPOINT {pretrained} was still growing after {timeout:g} s",
+                    "let the copy finish, then start again",
+                )
+            )
+    return results
+
+
+def describe_costs(cost_ms: Mapping[str, float]) -> dict[str, Any]:
+    return {name: round(value, 1) for name, value in sorted(cost_ms.items())}
