@@ -45,7 +45,7 @@ preflight: setup
 	@$(VENV)/bin/preflight check --env-file $(ENV_FILE); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 3 ] || exit $$rc
 
 demo: setup-trainer
-	$(PY) -m entrypoint.demo
+	$(PY) -m tools.demo
 
 test: setup-test
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -57,7 +57,7 @@ lint: setup-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint docker/Dockerfile
-	$(PY) -m entrypoint.compose_check compose.yaml compose.cpu.yaml
+	$(PY) -m tools.compose_check compose.yaml compose.cpu.yaml
 
 docs: setup
 	$(PY) scripts/update_docs.py

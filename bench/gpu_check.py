@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from entrypoint.demo import make_synthetic_dataset, write_env_file
+from tools.demo import make_synthetic_dataset, write_env_file
 
 _SAVED_LAST = re.compile(r"Saved last checkpoint at update (\d+)")
 

@@ -22,6 +22,7 @@ from entrypoint import actions as act
 from entrypoint.actions import Action
 from entrypoint.checks.result import FAIL, WARN, CheckResult
 from entrypoint.errors import ConfigError
+from entrypoint.files import same_file
 from entrypoint.naming import LAST_NAME
 from entrypoint.presets import STOCK_PRESETS
 
@@ -213,13 +214,9 @@ class StockMode(SafeMode):
 
     def verify(self, settings: Settings, load_path: str | None) -> CheckResult | None:
         """After the actions: F5-TTS's own rule, applied to the real folder, lands on the chosen file."""
-        from entrypoint.checkpoints.f5_rule import f5_choice
+        from entrypoint.checkpoints.f5_rule import f5_choice_in
 
-        try:
-            names = os.listdir(settings.output_dir)
-        except OSError:
-            names = []
-        landed = f5_choice(names)
+        landed = f5_choice_in(settings.output_dir)
         if load_path is None:
             if landed.starts_fresh:
                 return None
@@ -231,7 +228,7 @@ class StockMode(SafeMode):
                 "make OUTPUT_DIR writable so bad files can be quarantined, or move them out, "
                 "or use TRAINER_MODE=safe",
             )
-        if landed.name is not None and _same(settings.output_dir / landed.name, Path(load_path)):
+        if landed.name is not None and same_file(settings.output_dir / landed.name, Path(load_path)):
             return None
         return CheckResult(
             "checkpoint",
@@ -327,7 +324,7 @@ def _clear_stock_folder(
     for _ in range(len(candidates) + 2):
         result = f5_choice(planner.names_after(folder))
         names = [n for n in (result.name, *result.ambiguous) if n is not None and n not in seen]
-        names = [n for n in names if not _same(folder / n, load_path)]
+        names = [n for n in names if not same_file(folder / n, load_path)]
         if not names:
             return
         for name in names:
@@ -388,10 +385,3 @@ def _own_copy(planner: _Planner, last: Path) -> str:
         )
     )
     return ""
-
-
-def _same(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return a == b

@@ -12,6 +12,7 @@ from pathlib import Path
 
 LAST_NAME = "model_last.pt"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
+LOADABLE_ENDINGS = (".pt", ".safetensors")  # the only endings F5-TTS's trainer loads (and picks a loader by)
 QUARANTINE_SUFFIX = ".corrupted"
 SUPERSEDED_SUFFIX = ".superseded"  # a valid but older file moved aside for a newer complete save
 REASON_SUFFIX = ".json"  # next to a quarantined file: <name>.corrupted.json

@@ -33,6 +33,14 @@ def wait_for_path(path: Path, timeout_s: float) -> bool:
     return _retry_until(path.exists, timeout_s)
 
 
+def recently_modified(path: Path, now: Callable[[], float] = time.time) -> bool:
+    """Modified within RECENT_S: it may still be growing."""
+    try:
+        return now() - path.stat().st_mtime <= RECENT_S
+    except OSError:
+        return False
+
+
 def wait_until_stable(path: Path, timeout_s: float, now: Callable[[], float] = time.time) -> bool:
     """Wait while a recently modified file keeps changing size or mtime; True once it holds still."""
     try:
@@ -53,3 +61,26 @@ def wait_until_stable(path: Path, timeout_s: float, now: Callable[[], float] = t
         return held and now() - current.st_mtime > POLL_S
 
     return _retry_until(unchanged, timeout_s)
+
+
+def holds_still(path: Path, timeout_s: float) -> bool:
+    """True once the file's size and mtime stay the same over one poll interval; False when they kept changing
+    for `timeout_s` (at least one interval is always watched, so a finished file is never called changing)."""
+
+    def identity() -> tuple[int, int] | None:
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        return info.st_size, info.st_mtime_ns
+
+    deadline = time.monotonic() + max(timeout_s, POLL_S)
+    last = identity()
+    while True:
+        time.sleep(POLL_S)  # watching a copy that someone else is writing: nothing to wait on but time
+        current = identity()
+        if current == last:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        last = current

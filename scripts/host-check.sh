@@ -14,4 +14,4 @@ if ! "$python" -c 'import dotenv, tenacity' 2>/dev/null; then
     echo "host-check needs python-dotenv and tenacity: run \`make setup\` first" >&2
     exit 2
 fi
-exec "$python" -m entrypoint.host_check "$@"
+exec "$python" -m tools.host_check "$@"

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from entrypoint.demo import make_synthetic_dataset, tiny_cpu_settings, write_env_file
 from entrypoint.naming import LAST_NAME, numbered_update
 from entrypoint.settings import SPEC_BY_NAME
+from tools.demo import make_synthetic_dataset, tiny_cpu_settings, write_env_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESUMED = re.compile(r"Resuming from (\S+) at update (\d+) \(weights fingerprint (\S+)\)")

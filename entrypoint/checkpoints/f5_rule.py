@@ -22,8 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-LAST = "model_last.pt"
-LOADABLE_ENDINGS = (".pt", ".safetensors")
+from entrypoint.naming import LAST_NAME, LOADABLE_ENDINGS
 
 
 @dataclass(frozen=True)
@@ -49,10 +48,10 @@ def f5_choice(names: Sequence[str]) -> F5Choice:
     """Apply F5-TTS's rule to folder entry names given in listing order."""
     if not any(name.endswith(LOADABLE_ENDINGS) for name in names):
         return F5Choice(None, "empty")
-    if LAST in names:
-        return F5Choice(LAST, "last")
+    if LAST_NAME in names:
+        return F5Choice(LAST_NAME, "last")
     loadable = [n for n in names if n.startswith(("model_", "pretrained_")) and n.endswith(LOADABLE_ENDINGS)]
-    numbered = [n for n in loadable if n.startswith("model_") and n != LAST]
+    numbered = [n for n in loadable if n.startswith("model_") and n != LAST_NAME]
     if numbered:
         keys = {name: _digits(name) for name in numbered}
         without = sorted(name for name, key in keys.items() if key is None)
@@ -79,6 +78,6 @@ def f5_choice_in(folder: Path) -> F5Choice:
     """Apply F5-TTS's rule to a real folder, as the stock trainer would see it now."""
     try:
         names = os.listdir(folder)
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:
         return F5Choice(None, "empty")
     return f5_choice(names)

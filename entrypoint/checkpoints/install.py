@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from entrypoint.checkpoints.f5_rule import F5Choice, f5_choice
 from entrypoint.checkpoints.quarantine import rename_no_replace
 from entrypoint.checkpoints.verdict import FORMAT_SAFETENSORS, KIND_TRAINING, Verdict
 from entrypoint.durable import fsync_path
+from entrypoint.files import same_file
 
 COPY_MARGIN_BYTES = 64 * 1024 * 1024
 
@@ -71,14 +71,6 @@ def placements(chosen: Path, verdict: Verdict) -> list[Placement]:
     ]
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        # In a dry run a file may exist only in the simulated listing (a temp file about to be renamed).
-        return a == b
-
-
 def plan_stock(folder: Path, chosen: Path, verdict: Verdict, names: Iterable[str]) -> tuple[str | None, str]:
     """For a folder listing (after quarantine), the entry F5-TTS must load for `chosen`, and how to get it.
 
@@ -87,13 +79,13 @@ def plan_stock(folder: Path, chosen: Path, verdict: Verdict, names: Iterable[str
     """
     listing = list(names)
     current = f5_choice(listing)
-    if current.name is not None and not current.ambiguous and _same_file(folder / current.name, chosen):
+    if current.name is not None and not current.ambiguous and same_file(folder / current.name, chosen):
         return current.name, "in place"
     blocked: list[str] = []
     for placement in placements(chosen, verdict):
         target = folder / placement.name
         if placement.name in listing:
-            if _same_file(target, chosen) and not (
+            if same_file(target, chosen) and not (
                 placement.name == naming.LAST_NAME and chosen.parent != folder
             ):
                 simulated = listing

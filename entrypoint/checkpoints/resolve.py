@@ -13,7 +13,9 @@ newest progress). See select.py for how the choice is made, modes.py for what st
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +38,10 @@ from entrypoint.checkpoints.select import (
     merge_temps,
     settle_unused_temps,
 )
-from entrypoint.checkpoints.verdict import KIND_TRAINING, LEVELS, Verdict
-from entrypoint.naming import SUPERSEDED_SUFFIX
+from entrypoint.checkpoints.verdict import FAILURE_CHANGING, KIND_TRAINING, LEVELS, Verdict
+from entrypoint.naming import REASON_SUFFIX, SUPERSEDED_SUFFIX
 from entrypoint.settings import Settings
+from entrypoint.wait import holds_still, recently_modified
 
 if TYPE_CHECKING:
     from entrypoint.checkpoints.validate import Expectation
@@ -153,15 +156,29 @@ def plan_checkpoint(
     validate = cached(validator, cache)
 
     def check(path: Path, final: bool, reference: int | None) -> Verdict:
-        """Quick levels for every candidate; for the one about to be used, CRCs and/or a real load too."""
-        return validate(
-            path,
-            deep=final and settings.deep_verify,
-            expect=expect,
-            load=final and settings.load_verify,
-            reference_size=reference,
-            progress=progress if final else None,
-        )
+        """Quick levels for every candidate; for the one about to be used, CRCs and/or a real load too.
+
+        A file that fails and was modified moments ago may be a copy still arriving (a restored backup, an
+        rsync): it is waited for (WAIT_TIMEOUT_S) and judged again, and while it keeps changing it blocks
+        the choice instead of being quarantined.
+        """
+
+        def judge() -> Verdict:
+            return validate(
+                path,
+                deep=final and settings.deep_verify,
+                expect=expect,
+                load=final and settings.load_verify,
+                reference_size=reference,
+                progress=progress if final else None,
+            )
+
+        verdict = judge()
+        if verdict.valid or blocking_kind(verdict) is not None or not recently_modified(path):
+            return verdict
+        if not holds_still(path, settings.wait_timeout_s):
+            return still_changing(verdict, settings.wait_timeout_s)
+        return judge()
 
     found = discover(
         settings.checkpoint_sources,
@@ -171,7 +188,32 @@ def plan_checkpoint(
         folder_copy_first=mode.folder_copy_first,
     )
     plan = _decide(settings, mode, planner, found, check, expect)
-    return CheckpointPlan(**{**plan.__dict__, "cache": cache})
+    orphans = _reasonless_quarantines(settings)
+    notes = (*plan.notes, *orphans)
+    status = "warn" if orphans and plan.status == "ok" else plan.status
+    return dataclasses.replace(plan, notes=notes, status=status, cache=cache)
+
+
+_QUARANTINED = re.compile(r".+\.(corrupted|superseded)(\.\d+)?$")
+
+
+def _reasonless_quarantines(settings: Settings) -> list[str]:
+    """Quarantined files whose reason file was never written (a kill between the rename and that write)."""
+    notes = []
+    for folder in dict.fromkeys(
+        f for f in (settings.output_dir, settings.backup_dir, settings.quarantine_dir) if f
+    ):
+        try:
+            names = set(os.listdir(folder))
+        except OSError:
+            continue
+        for name in sorted(names):
+            if _QUARANTINED.fullmatch(name) and name + REASON_SUFFIX not in names:
+                notes.append(
+                    f"{folder / name} was moved aside but its reason file {name}{REASON_SUFFIX} is missing "
+                    "(the run was stopped in between); the file is kept as it is"
+                )
+    return notes
 
 
 def _decide(
@@ -295,6 +337,13 @@ def _blocked(
     for decision in decisions:
         if decision.action == "keep":
             planner.notes.append(f"left {decision.temp.path} alone: {decision.reason}")
+    if verdict.failure == FAILURE_CHANGING:
+        return _failure(
+            planner,
+            (),
+            f"{path} is {verdict.cause}; nothing was moved",
+            "let the copy finish, then start again (WAIT_TIMEOUT_S sets how long the preflight waits)",
+        )
     if blocking_kind(verdict) != BLOCK_COMPATIBILITY:
         return _unreadable(planner, path, f"{path}: {verdict.cause}")
     where = {"backups": "BACKUP_DIR", "pretrained": "PRETRAINED_CHECKPOINT"}.get(
@@ -316,6 +365,11 @@ def _blocked(
         "set MODEL_PRESET (and VOCAB_FILE) to what these checkpoints were trained with; "
         f"to start over instead, move them out of {where} (nothing was moved)",
     )
+
+
+def still_changing(verdict: Verdict, waited_s: float) -> Verdict:
+    cause = f"still being written: its size or time changed during {waited_s:g} s (a copy in progress?)"
+    return dataclasses.replace(verdict, cause=cause, failure=FAILURE_CHANGING)
 
 
 def _unreadable(planner: _Planner, path: Path, detail: str) -> CheckpointPlan:

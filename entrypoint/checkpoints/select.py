@@ -44,7 +44,7 @@ from pathlib import Path
 
 from entrypoint import naming
 from entrypoint.checkpoints.discover import Candidate, TempFile
-from entrypoint.checkpoints.verdict import FAILURE_SHAPE, FAILURE_UNREADABLE, Verdict
+from entrypoint.checkpoints.verdict import FAILURE_CHANGING, FAILURE_SHAPE, FAILURE_UNREADABLE, Verdict
 
 # check(path, final, reference_size) -> Verdict; final: the deeper levels for a file about to be used
 Check = Callable[[Path, bool, "int | None"], Verdict]
@@ -73,7 +73,15 @@ def blocking_kind(verdict: Verdict) -> str | None:
     """ "compatibility" / "unreadable" for a verdict that must stop the choice; None for valid or damaged."""
     if verdict.valid:
         return None
-    return {FAILURE_SHAPE: BLOCK_COMPATIBILITY, FAILURE_UNREADABLE: BLOCK_UNREADABLE}.get(verdict.failure)
+    return _BLOCKING.get(verdict.failure)
+
+
+# A file still being written is like one that cannot be read: its verdict is not known yet.
+_BLOCKING = {
+    FAILURE_SHAPE: BLOCK_COMPATIBILITY,
+    FAILURE_UNREADABLE: BLOCK_UNREADABLE,
+    FAILURE_CHANGING: BLOCK_UNREADABLE,
+}
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ FAILURE_SCHEMA = "schema"  # not what F5-TTS's loader needs, or a refused pickle
 FAILURE_INTEGRITY = "integrity"  # a CRC32 / SHA-256 mismatch, or a read error found by the full pass
 FAILURE_SHAPE = "shape"  # intact, but for another model or vocabulary: a configuration problem
 FAILURE_LOAD = "load"  # torch.load / safetensors refused it
+FAILURE_CHANGING = "changing"  # still being written (a copy in progress): judged once it holds still
 FAILURES = (
     FAILURE_UNREADABLE,
     FAILURE_TRUNCATED,
@@ -35,6 +36,7 @@ FAILURES = (
     FAILURE_INTEGRITY,
     FAILURE_SHAPE,
     FAILURE_LOAD,
+    FAILURE_CHANGING,
 )
 
 

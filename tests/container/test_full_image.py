@@ -97,8 +97,8 @@ def test_imports_and_ffmpeg_in_the_image(full_image: str) -> None:
 
 def test_a_few_training_updates_on_the_cpu(full_image: str, tmp_path: Path) -> None:
     pytest.importorskip("f5_tts", reason="the dataset is prepared on the host with F5-TTS's own script")
-    from entrypoint.demo import make_synthetic_dataset
     from tests.trainer_data import load_checkpoint, tiny_settings
+    from tools.demo import make_synthetic_dataset
 
     source = tmp_path / "source"
     dataset = make_synthetic_dataset(source)

@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -379,3 +381,70 @@ def test_an_output_dir_that_cannot_be_listed_stops_the_run(
     result = _resolve_as_nobody(shared_root, allow_scratch="true")
     assert result["status"] == "fail" and f"{output} cannot be listed" in result["message"]
     assert f"readable by uid {NOBODY}" in result["fix"]
+
+
+# A checkpoint still being copied in (a restored backup, an rsync) is never judged mid-copy
+
+
+def _slow_copy(source: Path, target: Path, started: threading.Event, *, chunks: int, pause_s: float) -> None:
+    data = source.read_bytes()
+    step = len(data) // chunks + 1
+    with open(target, "wb") as handle:
+        for start in range(0, len(data), step):
+            handle.write(data[start : start + step])
+            handle.flush()
+            started.set()
+            time.sleep(pause_s)  # a slow disk or network: the copy itself, not the test's synchronisation
+
+
+def test_a_checkpoint_still_being_copied_in_is_waited_for_not_quarantined(
+    tmp_path: Path, templates: dict[str, Path]
+) -> None:
+    settings = make_settings(tmp_path, wait_timeout_s="60")
+    place(templates["300"], settings.output_dir / "model_300.pt")
+    started = threading.Event()
+    copier = threading.Thread(
+        target=_slow_copy,
+        args=(templates["400"], settings.output_dir / "model_last.pt", started),
+        kwargs={"chunks": 8, "pause_s": 0.25},
+    )
+    copier.start()
+    started.wait(30)
+    outcome = resolve_checkpoint(settings, apply=True)
+    copier.join()
+    assert outcome.quarantined == () and outcome.update == 400 and outcome.source == "last"
+
+
+def test_a_copy_that_keeps_changing_stops_the_run_and_moves_nothing(
+    tmp_path: Path, templates: dict[str, Path]
+) -> None:
+    settings = make_settings(tmp_path, wait_timeout_s="1")
+    place(templates["300"], settings.output_dir / "model_300.pt")
+    started = threading.Event()
+    copier = threading.Thread(
+        target=_slow_copy,
+        args=(templates["400"], settings.output_dir / "model_last.pt", started),
+        kwargs={"chunks": 40, "pause_s": 0.2},
+    )
+    copier.start()
+    started.wait(30)
+    try:
+        outcome = resolve_checkpoint(settings, apply=True)
+    finally:
+        copier.join()
+    assert outcome.status == "fail" and outcome.quarantined == ()
+    assert "still being written" in outcome.message and "let the copy finish" in outcome.fix
+    assert (settings.output_dir / "model_last.pt").exists()
+
+
+def test_a_quarantined_file_without_its_reason_file_is_reported(
+    tmp_path: Path, templates: dict[str, Path]
+) -> None:
+    settings = make_settings(tmp_path)
+    place(templates["300"], settings.output_dir / "model_300.pt")
+    orphan = place(templates["400"], settings.output_dir / "model_last.pt.corrupted")
+    outcome = resolve_checkpoint(settings, apply=False)
+    assert outcome.status == "warn" and outcome.update == 300
+    assert any(str(orphan) in p and "reason file" in p for p in outcome.problems)
+    orphan.with_name(orphan.name + ".json").write_text("{}")
+    assert resolve_checkpoint(settings, apply=False).status == "ok"

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -404,3 +405,45 @@ def test_stock_scratch_on_a_read_only_volume_fails(read_only_volume: Path) -> No
     outcome = resolve_checkpoint(settings, apply=True)
     assert outcome.status == "fail" and "would still try to load model_last.pt" in outcome.message
     assert outcome.quarantined[0].error == "read-only file system"
+
+
+def test_a_required_action_that_fails_after_a_quarantine_is_in_the_report(
+    tmp_path: Path, templates: dict[str, Path]
+) -> None:
+    """Stock mode on a small OUTPUT_DIR: the quarantine is done, the install copy of the chosen backup then
+    finds no room. The report must record both: the move that happened and the step that did not."""
+    from tests.ckpt_factory import DEFAULT_VOCAB_SIZE
+
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "raw.arrow").write_bytes(b"arrow")
+    (dataset / "duration.json").write_text('{"duration": [1.0]}')
+    (dataset / "vocab.txt").write_text("".join(f"{chr(0x4E00 + i)}\n" for i in range(DEFAULT_VOCAB_SIZE)))
+    with tmpfs(tmp_path / "output", "6m") as output:
+        last = place(templates["400"], output / "model_last.pt")
+        os.truncate(last, 1_000_000)
+        digest = sha256_of(last)
+        place(templates["300"], tmp_path / "backups" / "model_300.pt")
+        env_file = tmp_path / "stock.env"
+        env_file.write_text(
+            f"OUTPUT_DIR={output}\nBACKUP_DIR={tmp_path / 'backups'}\nLOG_DIR={tmp_path / 'logs'}\n"
+            f"DATASET_DIR={dataset}\nMODEL_PRESET=tiny\nTRAINER_MODE=stock\nTRAINER_COMMAND=true\n"
+            "WAIT_TIMEOUT_S=0\nBACKUP_EVERY_UPDATES=0\n"
+        )
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("PREFLIGHT_") and k != "ENV_FILE"}
+        done = subprocess.run(
+            [sys.executable, "-m", "entrypoint", "run", "--env-file", str(env_file), "--json"],
+            capture_output=True,
+            text=True,
+            env=environ,
+            cwd=tmp_path,
+            timeout=120,
+        )
+        assert done.returncode == 3, done.stderr
+        report = json.loads((output / "preflight" / "report.json").read_text())
+        by_kind = {action["what"]: action for action in report["actions"]}
+        assert by_kind["quarantine"]["done"] and by_kind["quarantine"]["landed"] == str(last) + ".corrupted"
+        assert not by_kind["install-copy"]["done"] and by_kind["install-copy"]["error"]
+        assert sha256_of(output / "model_last.pt.corrupted") == digest
+        assert report["status"] == "fail" and report["checkpoint"]["chosen"] is None
+        assert any(c["name"] == "actions" and c["status"] == "fail" for c in report["checks"])

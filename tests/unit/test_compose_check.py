@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("yaml", reason="PyYAML (test extra) is needed to read Compose files")
 
-from entrypoint import compose_check
-from entrypoint.compose_check import (
+from tools import compose_check
+from tools.compose_check import (
     SIGTERM_SAVE_BOUND_S,
     InterpolationError,
     check_files,

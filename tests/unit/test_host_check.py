@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint import host_check
-from entrypoint.host_check import (
+from tools import host_check
+from tools.host_check import (
     check_disk,
     check_separate_disks,
     disk_checks,

@@ -1,6 +1,6 @@
 """`make host-check`: is this machine (a VM with a GPU passed through) ready for `docker compose up train`?
 
-    python -m entrypoint.host_check [--env-file .env] [--image IMAGE]
+    python -m tools.host_check [--env-file .env] [--image IMAGE]
 
 One line per check (ok / warn / fail) with the fix. Each check runs one command and hands its exit code and
 output to a pure parser (the compute-capability line parses the driver line's nvidia-smi output), so the

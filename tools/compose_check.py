@@ -1,6 +1,6 @@
 """Checks that the Compose files keep the promises training depends on.
 
-    python -m entrypoint.compose_check compose.yaml [OVERRIDE.yaml ...] [--env-file .env]
+    python -m tools.compose_check compose.yaml [OVERRIDE.yaml ...] [--env-file .env]
 
 The first file is the base; every further file is checked as an alternative override of it (base + that
 file, as `docker compose -f base -f override` merges them). Each configuration must: parse; reserve GPUs by
@@ -557,9 +557,7 @@ def _read_env_file(path: Path) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m entrypoint.compose_check", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m tools.compose_check", description=__doc__.split("\n")[0])
     parser.add_argument("files", nargs="+", type=Path, help="the base Compose file, then overrides")
     parser.add_argument("--env-file", type=Path, help="interpolate variables from this file (default: none)")
     parser.add_argument("--no-schema", action="store_true", help="skip the JSON schema validation")

@@ -1,4 +1,4 @@
-"""`python -m entrypoint.demo`: tiny real F5-TTS training on the CPU, twice, to show the resume.
+"""`python -m tools.demo`: tiny real F5-TTS training on the CPU, twice, to show the resume.
 
 Generates a few synthetic clips, prepares them with F5-TTS's own prepare_csv_wavs, writes a .env for the
 `tiny` model preset and runs `preflight run` with it twice: the first run trains from scratch, the second

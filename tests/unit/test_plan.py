@@ -1,0 +1,130 @@
+"""The plan on plain fact objects: no probe runs, no file is read or written."""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import replace
+from pathlib import Path
+
+from entrypoint import actions as act
+from entrypoint.actions import Action
+from entrypoint.checkpoints.resolve import CheckpointPlan
+from entrypoint.checks.result import FAIL, OK, CheckResult
+from entrypoint.checks.writable import FolderFacts
+from entrypoint.facts import Facts
+from entrypoint.plan import plan_preflight
+from entrypoint.probes.cpu import CpuFacts, CpuLimit
+from entrypoint.probes.gpu import GpuDevice, GpuFacts
+from entrypoint.probes.storage import LimitFacts, ShmFacts, SpaceFacts
+from entrypoint.settings import load_settings
+
+GB = 1_000_000_000
+ROOT = Path("/nowhere/project")  # never touched: the plan does no I/O
+
+
+def _loaded(**values: str):
+    environ = {
+        "OUTPUT_DIR": str(ROOT / "output"),
+        "BACKUP_DIR": str(ROOT / "backups"),
+        "LOG_DIR": str(ROOT / "logs"),
+        "DATASET_DIR": str(ROOT / "dataset"),
+    }
+    environ.update({key.upper(): value for key, value in values.items()})
+    return load_settings(environ)
+
+
+def _folder(path: Path, exists: bool = True) -> FolderFacts:
+    return FolderFacts(path, exists, "", exists, path if exists else path.parent, "", 1000)
+
+
+def _facts(loaded, *, cpus: float = 12, gpus: int = 0, **changes: object) -> Facts:
+    settings = loaded.settings
+    space = SpaceFacts(str(settings.output_dir), str(settings.output_dir), 1, 500 * GB, 1000 * GB)
+    facts = Facts(
+        gpu=GpuFacts(
+            tuple(GpuDevice(i, "NVIDIA H100", 81559, f"GPU-{i}", "9.0") for i in range(gpus)),
+            "550.54" if gpus else None,
+            "12.8" if gpus else None,
+            "nvidia-smi" if gpus else "none",
+            None if gpus else "nvidia-smi not found",
+            (),
+        ),
+        cpu=CpuFacts((CpuLimit(cpus, "cgroup-v2", f"cpu.max -> {cpus:g} CPUs"),), ()),
+        shm=ShmFacts("/dev/shm", True, 16 * GB, 16 * GB),
+        limits=LimitFacts(resource.RLIM_INFINITY, 64 << 20, 7, "docker-init"),
+        folders={
+            "OUTPUT_DIR": _folder(settings.output_dir),
+            "BACKUP_DIR": _folder(settings.backup_dir),
+            "LOG_DIR": _folder(settings.log_dir, exists=False),
+        },
+        output_space=space,
+        backup_space=space,
+        checkpoint_bytes=5 * GB,
+        checkpoint_bytes_source="largest checkpoint present",
+        dataset=CheckResult("dataset", OK, "raw.arrow 1 GB"),
+        vocab_size=2545,
+        processes=max(1, gpus),
+        argv=["/venv/bin/python", "-m", "entrypoint.train"],
+        builtin=True,
+        trainer_problem=None,
+        f5_tts_installed=True,
+        lock_holder=None,
+    )
+    return replace(facts, **changes)
+
+
+def _checkpoint(loaded, *actions: Action) -> CheckpointPlan:
+    last = loaded.settings.output_dir / "model_last.pt"
+    return CheckpointPlan(None, None, last, "training", 1200, (), (), actions, "ok", f"loading {last}", "")
+
+
+def test_workers_threads_and_precision_are_decided_once_into_the_handoff() -> None:
+    loaded = _loaded(dataloader_workers="16", mixed_precision="bf16")
+    plan = plan_preflight(loaded, _facts(loaded, cpus=12, gpus=1), _checkpoint(loaded), {})
+    assert plan.status == OK
+    handoff = plan.handoff
+    assert handoff is not None
+    assert (handoff.workers, handoff.torch_threads, handoff.processes) == (11, 12, 1)  # 12 CPUs - 1 reserved
+    assert handoff.mixed_precision == "bf16" and handoff.checkpoint_update == 1200
+    without_gpu = plan_preflight(loaded, _facts(loaded, cpus=12, gpus=0), _checkpoint(loaded), {})
+    assert without_gpu.handoff is not None and without_gpu.handoff.mixed_precision == "no"
+
+
+def test_the_lock_comes_first_and_missing_folders_are_created_by_run() -> None:
+    loaded = _loaded()
+    quarantine = Action(act.QUARANTINE, loaded.settings.output_dir / "model_last.pt", None, "truncated")
+    plan = plan_preflight(loaded, _facts(loaded), _checkpoint(loaded, quarantine), {})
+    kinds = [(a.kind, a.path.name) for a in plan.actions]
+    assert kinds == [("lock", "output"), ("create-folder", "logs"), ("quarantine", "model_last.pt")]
+    writable_log = next(c for c in plan.checks if c.name == "writable-log")
+    assert writable_log.status == OK and "creates it" in writable_log.message
+
+
+def test_a_failed_check_plans_no_action_and_no_trainer_start() -> None:
+    loaded = _loaded()
+    broken = CheckResult("dataset", FAIL, "DATASET_DIR has no raw.arrow", "prepare it")
+    quarantine = Action(act.QUARANTINE, loaded.settings.output_dir / "model_last.pt", None, "truncated")
+    plan = plan_preflight(loaded, _facts(loaded, dataset=broken), _checkpoint(loaded, quarantine), {})
+    assert plan.status == FAIL and plan.actions == () and plan.handoff is None
+
+
+def test_another_trainer_holding_the_lock_fails_in_check_as_in_run() -> None:
+    loaded = _loaded()
+    plan = plan_preflight(
+        loaded, _facts(loaded, lock_holder="another trainer is using it"), _checkpoint(loaded), {}
+    )
+    lock = next(c for c in plan.checks if c.name == "lock")
+    assert lock.status == FAIL and plan.actions == ()
+
+
+def test_stock_mode_counts_its_sixteen_workers_in_the_shm_and_cpu_checks() -> None:
+    loaded = _loaded(trainer_mode="stock", shm_per_worker_mb="1024")
+    small_shm = ShmFacts("/dev/shm", True, 8 * GB, 8 * GB)
+    plan = plan_preflight(
+        loaded, _facts(loaded, cpus=4, shm=small_shm, builtin=False), _checkpoint(loaded), {}
+    )
+    assert plan.workers == 16
+    cpu = next(c for c in plan.checks if c.name == "cpu")
+    shm = next(c for c in plan.checks if c.name == "shm")
+    assert cpu.status == "warn" and "always starts 16 workers" in cpu.message
+    assert shm.status == "warn" and "16 DataLoader worker(s)" in shm.message

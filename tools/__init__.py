@@ -1,0 +1,1 @@
+"""Developer and host tools the runtime never imports: host check, Compose check, demo."""
