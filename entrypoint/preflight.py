@@ -26,6 +26,7 @@ from entrypoint.checks.result import FAIL, OK, WARN, CheckResult, worst
 from entrypoint.checks.shm import check_shm
 from entrypoint.checks.writable import check_writable
 from entrypoint.cpu_plan import CpuPlan, plan_cpu
+from entrypoint.handoff import Handoff, TrainingOptions, handoff_path, write_handoff
 from entrypoint.launch import trainer_problem
 from entrypoint.naming import LAST_NAME, REPORT_DIR_NAME
 from entrypoint.presets import PRESETS
@@ -182,8 +183,11 @@ def trainer_environment(
     outcome: CheckpointOutcome,
     report: Path,
     gpus: int,
+    *,
+    write: bool = False,
 ) -> dict[str, str]:
-    """The process environment plus the .env values (the environment wins, as in Compose) plus the plan."""
+    """The process environment plus the .env values (the environment wins, as in Compose) plus the handoff's
+    variables; `write` writes the handoff document itself (only when the trainer is about to start)."""
     env = dict(loaded.file_values)
     env.update(environ)
     # Paths as the preflight resolved them (relative ones in the .env file are relative to that file), so the
@@ -192,22 +196,31 @@ def trainer_environment(
         if spec.kind == "path":
             value = getattr(loaded.settings, spec.name.lower())
             env[spec.name] = "" if value is None else str(value)
-    env.update(
-        {
-            "PREFLIGHT_CHECKPOINT": outcome.load_path or "",
-            "PREFLIGHT_CHECKPOINT_KIND": outcome.kind,
-            "PREFLIGHT_CHECKPOINT_UPDATE": "" if outcome.update is None else str(outcome.update),
-            "PREFLIGHT_WORKERS": str(plan.workers),
-            "PREFLIGHT_TORCH_THREADS": str(plan.threads),
-            "OMP_NUM_THREADS": str(plan.threads),
-            "MKL_NUM_THREADS": str(plan.threads),
-            "PREFLIGHT_REPORT": str(report),
-            "PREFLIGHT_VERSION": __version__,
-        }
+    settings = loaded.settings
+    handoff = Handoff(
+        checkpoint=Path(outcome.load_path) if outcome.load_path else None,
+        checkpoint_kind=outcome.kind,
+        checkpoint_update=outcome.update or 0,
+        workers=plan.workers,
+        torch_threads=plan.threads,
+        processes=plan.processes,
+        mixed_precision=settings.mixed_precision if gpus else "no",
+        output_dir=settings.output_dir,
+        backup_dir=settings.backup_dir,
+        dataset_dir=settings.dataset_dir,
+        log_dir=settings.log_dir,
+        vocab_file=vocab_path(settings),
+        report=report,
+        training=TrainingOptions.from_settings(settings),
+        preflight_version=__version__,
     )
-    if loaded.settings.trainer_mode == "stock":
+    path = handoff_path(report.parent)
+    if write:
+        write_handoff(path, handoff)
+    env.update(handoff.environment(path))
+    if settings.trainer_mode == "stock":
         # F5-TTS's own CLI takes mixed precision from accelerate's environment, not from an option.
-        env["ACCELERATE_MIXED_PRECISION"] = loaded.settings.mixed_precision if gpus else "no"
+        env["ACCELERATE_MIXED_PRECISION"] = handoff.mixed_precision
     env.pop("ENV_FILE", None)  # the values are in the environment now; re-reading the file could disagree
     return env
 
@@ -308,7 +321,8 @@ def run_preflight(
         if shared:
             notes.append(shared)
     report_path = settings.output_dir / REPORT_DIR_NAME / "report.json"
-    env = trainer_environment(loaded, environ, cpu, outcome, report_path, gpu.count)
+    ready = act and outcome.status != FAIL
+    env = trainer_environment(loaded, environ, cpu, outcome, report_path, gpu.count, write=ready)
     return PreflightResult(
         loaded, "run" if apply else "check", cpu, gpu, processes, checks, outcome, argv, env, notes
     )

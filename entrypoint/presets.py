@@ -79,6 +79,7 @@ PRESETS: dict[str, Preset] = {
 
 
 def vocab_size_of(vocab_file_text: str) -> int:
-    """Number of entries F5-TTS's get_tokenizer builds from a vocab.txt (one symbol per line)."""
-    # get_tokenizer keys a dict by each line minus its last character, so duplicates collapse.
-    return len({line[:-1] for line in vocab_file_text.splitlines(keepends=True)})
+    """Number of entries F5-TTS's get_tokenizer builds from a vocab.txt: the trainer's reader's count."""
+    from entrypoint.vocab import vocabulary_from_text
+
+    return len(vocabulary_from_text(vocab_file_text))

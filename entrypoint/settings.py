@@ -20,6 +20,7 @@ from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
 from entrypoint.errors import ConfigError
+from entrypoint.handoff import ENV_NAMES
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -437,13 +438,7 @@ OTHER_KNOWN_NAMES = (
     "ENV_FILE",
     "COMPOSE_FILE",
     "COMPOSE_PROJECT_NAME",
-    "PREFLIGHT_CHECKPOINT",
-    "PREFLIGHT_CHECKPOINT_KIND",
-    "PREFLIGHT_CHECKPOINT_UPDATE",
-    "PREFLIGHT_WORKERS",
-    "PREFLIGHT_TORCH_THREADS",
-    "PREFLIGHT_REPORT",
-    "PREFLIGHT_VERSION",
+    *ENV_NAMES,
     "WANDB_API_KEY",
     "HF_TOKEN",
 )
