@@ -29,7 +29,7 @@ def main() -> int:
 
     from bench.bench_save import make_state
     from entrypoint.train.backups import make_backup
-    from entrypoint.train.safe_save import SafeSaver
+    from entrypoint.train.checkpoint_manager import CheckpointWriter
 
     args.dir.mkdir(parents=True, exist_ok=True)
     worst_ms = 0.0
@@ -37,7 +37,7 @@ def main() -> int:
         folder = Path(tempfile.mkdtemp(prefix="bench-backup-", dir=args.dir))
         try:
             output, backups = folder / "output", folder / "backups"
-            last = SafeSaver(output, log=print).save(make_state(size_gb), "model_last.pt").path
+            last = CheckpointWriter(output, log=print).save(make_state(size_gb), "model_last.pt").path
             size = last.stat().st_size
             link_ms, copy_ms = [], []
             for update in range(1, args.repeat + 1):

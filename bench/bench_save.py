@@ -2,7 +2,7 @@
 
 The safe save is the trainer's path: disk-space guard, torch.save into a temp file in the same folder with
 writeback started while writing, then (on the commit thread) fsync, zip end-record check, rename, folder
-fsync and quick validation. Two figures: the time training is blocked (`SafeSaver.start` returns once the
+fsync and quick validation. Two figures: the time training is blocked (`CheckpointWriter.start` returns once the
 state is serialized) and the time until the file is durable under its final name (`wait`). The baseline is
 torch.save straight onto the final name with no fsync: it returns while the data is still in the page
 cache, the fastest a save can be; "plain + fsync" is shown for the durable figure. The state has F5-TTS's
@@ -68,12 +68,12 @@ def main() -> int:
 
     import torch
 
-    from entrypoint.train.safe_save import SafeSaver
+    from entrypoint.train.checkpoint_manager import CheckpointWriter
 
     args.dir.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="bench-save-", dir=args.dir))
     state = make_state(args.size_gb)
-    saver = SafeSaver(folder, log=print)
+    saver = CheckpointWriter(folder, log=print)
     plain, safe, fsync_after, durable = [], [], [], []
     try:
         torch.save(state, folder / "warmup.pt")  # first-touch costs of the allocator and page cache

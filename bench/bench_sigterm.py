@@ -35,8 +35,8 @@ def child(folder: Path) -> None:
     from torch.optim.lr_scheduler import LinearLR, SequentialLR
 
     from entrypoint.presets import MEL_CHANNELS, MEL_SPEC_KWARGS, PRESETS
-    from entrypoint.train.driver import LaunchPlan, TrainingStopped, _make_trainer_class
     from entrypoint.train.graceful import install_stop_handlers
+    from entrypoint.train.safe_trainer import SafeTrainer, TrainingStopped
 
     stop = install_stop_handlers()
     config = {k: v for k, v in PRESETS["F5TTS_Base"].config.items()}
@@ -44,10 +44,9 @@ def child(folder: Path) -> None:
         transformer=DiT(**config, text_num_embeds=VOCAB_SIZE, mel_dim=MEL_CHANNELS),
         mel_spec_kwargs=dict(MEL_SPEC_KWARGS),
     )
-    plan = LaunchPlan(None, "scratch", None, 1, None, None, "")
-    trainer = _make_trainer_class()(
+    trainer = SafeTrainer(
         model,
-        plan=plan,
+        checkpoint=None,
         stop=stop,
         max_updates=0,
         backups=None,
@@ -84,7 +83,7 @@ def child(folder: Path) -> None:
     while not stop.requested:
         signal.pause()
     trainer.finish_stopped(TrainingStopped(1, stop.signal_name))
-    trainer.saver.close()
+    trainer.checkpoints.close()
 
 
 def main() -> int:

@@ -143,10 +143,10 @@ def time_safe_save(checkpoint: Path) -> float:
     It goes into a scratch folder of this check's own run, next to the run's output."""
     import torch
 
-    from entrypoint.train.safe_save import SafeSaver
+    from entrypoint.train.checkpoint_manager import CheckpointWriter
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    saver = SafeSaver(checkpoint.parent.parent / "save-timing", print)
+    saver = CheckpointWriter(checkpoint.parent.parent / "save-timing", print)
     started = time.monotonic()
     saver.save(state, checkpoint.name)
     elapsed = time.monotonic() - started

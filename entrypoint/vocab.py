@@ -6,6 +6,7 @@ embedding): two readers that split lines differently would let the check and the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -16,7 +17,11 @@ def read_vocabulary(path: Path) -> dict[str, int]:
     Raises OSError or UnicodeDecodeError when the file cannot be read.
     """
     with open(path, encoding="utf-8") as handle:
-        return {line[:-1]: index for index, line in enumerate(handle)}
+        return _from_lines(handle)
+
+
+def _from_lines(lines: Iterable[str]) -> dict[str, int]:
+    return {line[:-1]: index for index, line in enumerate(lines)}
 
 
 def vocabulary_size(path: Path) -> int:

@@ -6,7 +6,6 @@ pass a session-wide folder (e.g. `tmp_path_factory.getbasetemp() / "tiny-dataset
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import subprocess
@@ -14,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from entrypoint.naming import LAST_NAME, numbered_update
 from entrypoint.settings import SPEC_BY_NAME
 from tools.demo import make_synthetic_dataset, tiny_cpu_settings, write_env_file
 
@@ -48,15 +46,6 @@ def write_settings(root: Path, values: dict[str, str]) -> Path:
     return write_env_file(root / "test.env", values)
 
 
-@functools.cache
-def preflight_run_available() -> bool:
-    """True once `python -m entrypoint run --help` works (the preflight CLI)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "entrypoint", "run", "--help"], capture_output=True, cwd=REPO_ROOT, timeout=60
-    )
-    return result.returncode == 0
-
-
 def _clean_environment() -> dict[str, str]:
     # Settings and PREFLIGHT_* from the developer's shell must not leak into a test run.
     env = {
@@ -69,37 +58,44 @@ def _clean_environment() -> dict[str, str]:
     return env
 
 
-def _newest_checkpoint(output: Path) -> Path | None:
-    if (output / LAST_NAME).is_file():
-        return output / LAST_NAME
-    numbered = [
-        (numbered_update(p.name), p) for p in output.glob("model_*.pt") if numbered_update(p.name) is not None
-    ]
-    return max(numbered)[1] if numbered else None
+def training_command(env_file: Path) -> tuple[list[str], dict[str, str]]:
+    """`preflight run --env-file`: every end-to-end run goes through the preflight, as in the container."""
+    return [sys.executable, "-m", "entrypoint", "run", "--env-file", str(env_file)], _clean_environment()
 
 
-def training_command(env_file: Path, values: dict[str, str]) -> tuple[list[str], dict[str, str]]:
-    """`preflight run --env-file` when the CLI exists, else the trainer itself with PREFLIGHT_* filled in."""
-    env = _clean_environment()
-    if preflight_run_available():
-        return [sys.executable, "-m", "entrypoint", "run", "--env-file", str(env_file)], env
-    checkpoint = _newest_checkpoint(Path(values["OUTPUT_DIR"]))
-    env.update(
-        {
-            "ENV_FILE": str(env_file),
-            "PREFLIGHT_CHECKPOINT": str(checkpoint or ""),
-            "PREFLIGHT_CHECKPOINT_KIND": "training" if checkpoint else "scratch",
-            "PREFLIGHT_WORKERS": values.get("DATALOADER_WORKERS", "1"),
-            "PREFLIGHT_TORCH_THREADS": values.get("TORCH_THREADS", "1"),
-        }
+def write_handoff_for(values: dict[str, str], checkpoint: Path | None, folder: Path) -> dict[str, str]:
+    """For tests that start the trainer in-process, without `preflight run` (the kill -9 fork server): the
+    handoff document the preflight would write for `values` loading `checkpoint`; returns its variables."""
+    from entrypoint.checkpoints.validate import validate_file
+    from entrypoint.handoff import Handoff, TrainingOptions, handoff_path, write_handoff
+    from entrypoint.settings import load_settings
+
+    settings = load_settings(values).settings
+    update = validate_file(checkpoint).update if checkpoint is not None else 0
+    handoff = Handoff(
+        checkpoint=checkpoint,
+        checkpoint_kind="training" if checkpoint is not None else "scratch",
+        checkpoint_update=update or 0,
+        workers=1,
+        torch_threads=1,
+        processes=1,
+        mixed_precision="no",
+        output_dir=settings.output_dir,
+        backup_dir=settings.backup_dir,
+        dataset_dir=settings.dataset_dir,
+        log_dir=settings.log_dir,
+        vocab_file=settings.vocab_file or settings.dataset_dir / "vocab.txt",
+        report=folder / "report.json",
+        training=TrainingOptions.from_settings(settings),
+        preflight_version="test",
     )
-    return [sys.executable, "-m", "entrypoint.train"], env
+    path = handoff_path(folder)
+    write_handoff(path, handoff)
+    return handoff.environment(path)
 
 
-def run_training(
-    env_file: Path, values: dict[str, str], timeout: float = 240
-) -> subprocess.CompletedProcess[str]:
-    argv, env = training_command(env_file, values)
+def run_training(env_file: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    argv, env = training_command(env_file)
     return subprocess.run(
         argv, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False
     )
@@ -107,7 +103,7 @@ def run_training(
 
 def start_training(env_file: Path, values: dict[str, str]) -> subprocess.Popen[str]:
     """Start a run with stdout (trainer lines) piped; stderr (progress bars) goes to a file in LOG_DIR."""
-    argv, env = training_command(env_file, values)
+    argv, env = training_command(env_file)
     log_dir = Path(values["LOG_DIR"])
     log_dir.mkdir(parents=True, exist_ok=True)
     stderr = open(log_dir / "stderr.txt", "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
@@ -132,7 +128,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def fingerprint(state_dict: dict[str, Any]) -> float:
-    """The same sum the trainer prints when it resumes (entrypoint.train.driver.weights_fingerprint)."""
-    from entrypoint.train.driver import weights_fingerprint
+    """The same sum the trainer prints when it resumes (entrypoint.train.safe_trainer.weights_fingerprint)."""
+    from entrypoint.train.safe_trainer import weights_fingerprint
 
     return weights_fingerprint(state_dict)

@@ -2,26 +2,20 @@
 
 On the same file system a backup is a hard link: instant whatever the size, and safe because every save
 replaces model_last.pt by renaming a new file over it, so the linked inode is never written again. On
-another file system (the better place: another disk) it is a copy to a temp name, fsync, rename.
+another file system (the better place: another disk) it is a durable copy (`entrypoint.durable.copy_file`)
+that gives way to a stop request between chunks.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from entrypoint.naming import numbered_update, temp_path_for
-from entrypoint.train.safe_save import fsync_folder, quick_validate
-
-_COPY_CHUNK = 64 << 20  # the stop request is checked between chunks: a stop waits at most one chunk
-
-
-class CopyAborted(OSError):
-    """A backup copy gave way to a stop request; its temp file is removed, the previous backups stay."""
+from entrypoint.durable import CopyAborted, copy_file, link_file
+from entrypoint.train.checkpoint_manager import Log, quick_validate, remove_oldest, say
 
 
 @dataclass(frozen=True)
@@ -38,55 +32,6 @@ def backup_name(update: int) -> str:
 
 def same_file_system(a: Path, b: Path) -> bool:
     return os.stat(a).st_dev == os.stat(b).st_dev
-
-
-def _copy_durably(source: Path, final: Path, should_abort: Callable[[], bool] | None = None) -> None:
-    temp = temp_path_for(final)
-    try:
-        with open(source, "rb") as reader, open(temp, "xb") as writer:
-            size = os.fstat(reader.fileno()).st_size
-            offset = 0
-            while offset < size:
-                if should_abort is not None and should_abort():
-                    raise CopyAborted(errno.ECANCELED, "stop requested, copy abandoned")
-                # copy_file_range stays in the kernel (and may reflink); fall back to read/write.
-                try:
-                    sent = os.copy_file_range(
-                        reader.fileno(), writer.fileno(), min(_COPY_CHUNK, size - offset)
-                    )
-                except OSError:
-                    sent = 0
-                if sent == 0:
-                    reader.seek(offset)
-                    chunk = reader.read(_COPY_CHUNK)
-                    if not chunk:
-                        break
-                    writer.seek(offset)
-                    writer.write(chunk)
-                    writer.flush()
-                    sent = len(chunk)
-                offset += sent
-            writer.flush()
-            os.fsync(writer.fileno())
-        if temp.stat().st_size != size:
-            raise OSError(f"copy of {source.name} is {temp.stat().st_size} bytes, expected {size}")
-        os.replace(temp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
-
-
-def _link_durably(source: Path, final: Path) -> None:
-    # Link under a temp name first: os.link cannot replace an existing name, a rename can.
-    temp = temp_path_for(final)
-    os.link(source, temp)
-    try:
-        os.replace(temp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
 
 
 def make_backup(
@@ -112,7 +57,7 @@ def make_backup(
         method = ""
         if same_file_system(source, backup_dir):
             try:
-                _link_durably(source, final)
+                link_file(source, final)
                 method = "hard link"
             except OSError as error:
                 # Two bind mounts of one file system share st_dev, yet Linux refuses links between them.
@@ -121,40 +66,18 @@ def make_backup(
         if not method:
             if not allow_copy:
                 return BackupResult(final, False, "", "backup copy skipped while stopping")
-            _copy_durably(source, final, should_abort)
+            copy_file(source, final, should_abort=should_abort, validate=quick_validate)
             method = "copy"
-        fsync_folder(backup_dir)
     except CopyAborted:
         return BackupResult(final, False, "", "backup copy abandoned for the stop; the previous backups stay")
     except OSError as error:
         return BackupResult(final, False, "", f"backup of {source.name} failed: {error}")
-    valid, cause = quick_validate(final)
-    if not valid:
-        return BackupResult(final, False, method, f"backup {final} does not validate: {cause}")
+    if method == "hard link":
+        # A link shares the validated file's data; a copy was validated before its rename.
+        valid, cause = quick_validate(final)
+        if not valid:
+            return BackupResult(final, False, method, f"backup {final} does not validate: {cause}")
     return BackupResult(final, True, method, "")
-
-
-def rotate_backups(
-    backup_dir: Path, keep: int, newest: Path, log: Callable[[str], None] = print
-) -> list[Path]:
-    """Remove the oldest model_<N>.pt backups beyond `keep`; `newest` (just made and verified) stays."""
-    newest_update = numbered_update(newest.name)
-    backups = sorted(
-        (update, Path(entry.path))
-        for entry in os.scandir(backup_dir)
-        if (update := numbered_update(entry.name)) is not None and entry.name.endswith(".pt")
-    )
-    older = [path for update, path in backups if newest_update is None or update < newest_update]
-    excess = len(backups) - max(keep, 1)
-    removed = []
-    for path in older[: max(excess, 0)]:
-        try:
-            path.unlink()
-        except OSError as error:
-            log(f"WARNING: could not remove old backup {path.name}: {error}")
-            continue
-        removed.append(path)
-    return removed
 
 
 class BackupPolicy:
@@ -165,7 +88,7 @@ class BackupPolicy:
         backup_dir: Path,
         every_updates: int,
         keep: int,
-        log: Callable[[str], None] = print,
+        log: Log = say,
         should_abort: Callable[[], bool] | None = None,
     ) -> None:
         self.backup_dir = backup_dir
@@ -188,5 +111,7 @@ class BackupPolicy:
             self._log(f"WARNING: {result.message}")
             return result
         self._log(f"Backup at update {update}: {result.path} ({result.method})")
-        rotate_backups(self.backup_dir, self.keep, result.path, self._log)
+        remove_oldest(
+            self.backup_dir, max(self.keep, 1), result.path, self._log, what="backup", setting="BACKUP_KEEP"
+        )
         return result

@@ -3,7 +3,7 @@
 The handler only records the request; the trainer looks at it between updates (never inside one), so the
 model, the optimizer and the EMA are consistent when the final save starts. A second signal while stopping is
 reported and otherwise ignored: the save goes on, and even a SIGKILL at that moment corrupts nothing
-because every save writes a temp file and renames it (see safe_save).
+because every save writes a temp file and renames it (see checkpoint_manager).
 
 Bound from the signal to the exit: the rest of the current update (one optimizer step over
 GRAD_ACCUMULATION_STEPS batches), plus at most two checkpoint writes (a numbered save if that update was due

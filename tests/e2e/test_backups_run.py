@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.train.safe_save import quick_validate
+from entrypoint.train.checkpoint_manager import quick_validate
 from tests.trainer_data import load_checkpoint, run_training, tiny_settings, write_settings
 
 pytest.importorskip("f5_tts")
@@ -25,7 +25,7 @@ def test_backups_appear_verified_and_rotation_keeps_the_newest(dataset: Path, tm
         backup_keep=2,
         backup_dir=backups,
     )
-    result = run_training(write_settings(tmp_path, values), values)
+    result = run_training(write_settings(tmp_path, values))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for update in (2, 4, 6):
         assert f"Backup at update {update}: {backups / f'model_{update}.pt'}" in result.stdout

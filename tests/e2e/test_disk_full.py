@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from entrypoint.naming import temp_target
+from entrypoint.train.checkpoint_manager import quick_validate
 from entrypoint.train.driver import EXIT_LAST_NOT_SAVED
-from entrypoint.train.safe_save import zip_structure_cause
 from tests.mounts import tmpfs
 from tests.trainer_data import (
     load_checkpoint,
@@ -47,7 +47,7 @@ def test_full_disk_skips_saves_and_training_goes_on(dataset: Path, tmp_path: Pat
         checkpoint_size_gb=0.004,
     )
     values["OUTPUT_DIR"] = str(small_disk)
-    result = run_training(write_settings(tmp_path, values), values)
+    result = run_training(write_settings(tmp_path, values))
     # Whether the final save at update 12 still fits depends on which earlier saves were skipped; either
     # way the exit code must say which happened.
     assert result.returncode in (0, EXIT_LAST_NOT_SAVED), result.stdout[-3000:] + result.stderr[-3000:]
@@ -59,7 +59,7 @@ def test_full_disk_skips_saves_and_training_goes_on(dataset: Path, tmp_path: Pat
     checkpoints = sorted(small_disk.glob("model_*.pt"))
     assert len(checkpoints) >= 2
     for path in checkpoints:
-        assert zip_structure_cause(path) == "", path
+        assert quick_validate(path) == (True, ""), path
         assert isinstance(load_checkpoint(path)["update"], int)
     assert [p.name for p in small_disk.iterdir() if temp_target(p.name)] == []
     last_update = load_checkpoint(small_disk / "model_last.pt")["update"]
@@ -116,5 +116,5 @@ def test_disk_full_to_the_last_block_with_tensorboard_and_logs_on_it(
     output = small_disk / "output"
     assert [p.name for p in output.iterdir() if temp_target(p.name)] == []
     for path in output.glob("model_*.pt"):
-        assert zip_structure_cause(path) == "", path
+        assert quick_validate(path) == (True, ""), path
     assert 2 <= load_checkpoint(output / "model_last.pt")["update"] < 10

@@ -44,32 +44,33 @@ def _serve() -> None:
     from f5_tts.model import Trainer
 
     from entrypoint import presets
-    from entrypoint.settings import load_settings
+    from entrypoint.handoff import read_handoff
     from entrypoint.train import driver
     from entrypoint.train.data import load_train_dataset
 
     presets.PRESETS["tiny"] = presets.Preset("tiny", "DiT", dict(MODEL_CONFIG), 0.0)
 
     def run_stock() -> int:
-        settings = load_settings(os.environ).settings
+        handoff = read_handoff()
+        options = handoff.training
 
         torch.set_num_threads(1)
-        model = driver.build_model(settings)
+        model = driver.build_model(handoff)
         trainer = Trainer(
             model,
             epochs=10_000,
-            learning_rate=settings.learning_rate,
-            num_warmup_updates=settings.warmup_updates,
+            learning_rate=options.learning_rate,
+            num_warmup_updates=options.warmup_updates,
             save_per_updates=10**9,
-            checkpoint_path=str(settings.output_dir),
-            batch_size_per_gpu=settings.batch_size,
+            checkpoint_path=str(handoff.output_dir),
+            batch_size_per_gpu=options.batch_size,
             batch_size_type="sample",
             logger=None,
             last_per_updates=1,
         )
-        dataset = load_train_dataset(settings.dataset_dir, dict(presets.MEL_SPEC_KWARGS))
+        dataset = load_train_dataset(handoff.dataset_dir, dict(presets.MEL_SPEC_KWARGS))
         print("STOCK START 0", flush=True)
-        trainer.train(dataset, num_workers=1, resumable_with_seed=settings.seed)
+        trainer.train(dataset, num_workers=1, resumable_with_seed=options.seed)
         return 0
 
     for line in sys.stdin:
@@ -158,17 +159,13 @@ class ForkServer:
 
 
 def _run_env(values: dict[str, str], checkpoint: Path | None) -> dict[str, str]:
+    # The fork server starts the trainer in-process (30 restarts without 30 interpreter starts), so it is
+    # handed the document `preflight run` would write; the preflight's own choices are tested elsewhere.
+    from tests.trainer_data import write_handoff_for
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFLIGHT_")}
     env.update(values)
-    env.update(
-        {
-            "PREFLIGHT_CHECKPOINT": str(checkpoint or ""),
-            "PREFLIGHT_CHECKPOINT_KIND": "training" if checkpoint else "scratch",
-            "PREFLIGHT_WORKERS": "1",
-            "PREFLIGHT_TORCH_THREADS": "1",
-            "OMP_NUM_THREADS": "1",
-        }
-    )
+    env.update(write_handoff_for(values, checkpoint, Path(values["OUTPUT_DIR"]) / "preflight"))
     return env
 
 

@@ -21,10 +21,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.trainer]
 
 
 def test_second_run_resumes_at_saved_update_with_saved_weights(dataset: Path, tmp_path: Path) -> None:
-    values = tiny_settings(dataset, tmp_path, max_updates=4, last_every_updates=2)
+    values = tiny_settings(dataset, tmp_path, max_updates=4, last_every_updates=2, logger="tensorboard")
     env_file = write_settings(tmp_path, values)
-    first = run_training(env_file, values)
+    first = run_training(env_file)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    # The output says what is really logged, and nothing that is not the user's business.
+    events = Path(values["LOG_DIR"]) / "tensorboard"
+    assert f"Metrics: tensorboard events in {events}" in first.stdout
+    assert any(p.name.startswith("events.out.tfevents") for p in events.iterdir())
+    assert "Using logger: None" not in first.stdout
+    assert "pin_memory" not in first.stderr
     last = Path(values["OUTPUT_DIR"]) / "model_last.pt"
     saved = load_checkpoint(last)
     assert saved["update"] == 4
@@ -38,7 +44,7 @@ def test_second_run_resumes_at_saved_update_with_saved_weights(dataset: Path, tm
 
     values["MAX_UPDATES"] = "6"
     env_file = write_settings(tmp_path, values)
-    second = run_training(env_file, values)
+    second = run_training(env_file)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     resumed = RESUMED.search(second.stdout)
     assert resumed, second.stdout[-3000:]

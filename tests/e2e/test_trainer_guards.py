@@ -95,23 +95,22 @@ def test_dataset_with_audio_missing_at_its_stored_paths_fails_in_one_line(
 @pytest.mark.slow
 def test_final_save_is_retried_when_the_started_save_did_not_commit(dataset: Path, tmp_path: Path) -> None:
     # A save started at update 5 whose commit failed (fsync or rename error) leaves last_started_update=5:
-    # the final save must not take it for done.
-    from entrypoint.settings import load_settings
-    from entrypoint.train.driver import build_model, build_trainer, read_launch_plan
+    # the trainer's final save must not take it for done (the manager's side: test_checkpoint_manager).
+    from entrypoint.handoff import read_handoff
+    from entrypoint.train.driver import build_model, build_trainer
     from entrypoint.train.graceful import StopRequest
-    from tests.trainer_data import load_checkpoint, tiny_settings
+    from tests.trainer_data import load_checkpoint, tiny_settings, write_handoff_for
 
     values = tiny_settings(dataset, tmp_path)
-    settings = load_settings(values).settings
-    plan = read_launch_plan({"PREFLIGHT_CHECKPOINT": "", "PREFLIGHT_CHECKPOINT_KIND": "scratch"})
-    trainer = build_trainer(settings, plan, build_model(settings), StopRequest())
+    handoff = read_handoff(write_handoff_for(values, None, tmp_path / "preflight"))
+    trainer = build_trainer(handoff, build_model(handoff), StopRequest())
     trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(
         trainer.optimizer, lambda _step: 1.0
     )  # made by train()
-    trainer.last_started_update = 5  # started, never committed
-    assert trainer.last_saved_update is None
+    trainer.checkpoints.last_started_update = 5  # started, never committed
+    assert trainer.checkpoints.last_saved_update is None
 
     assert trainer.save_last_and_wait(5)
-    trainer.saver.close()
-    assert trainer.last_saved_update == 5
-    assert load_checkpoint(Path(settings.output_dir) / "model_last.pt")["update"] == 5
+    trainer.checkpoints.close()
+    assert trainer.checkpoints.last_saved_update == 5
+    assert load_checkpoint(handoff.output_dir / "model_last.pt")["update"] == 5

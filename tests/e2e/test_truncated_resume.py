@@ -9,7 +9,6 @@ import pytest
 from tests.trainer_data import (
     RESUMED,
     load_checkpoint,
-    preflight_run_available,
     run_training,
     tiny_settings,
     write_settings,
@@ -22,13 +21,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.trainer]
 def test_truncated_model_last_is_quarantined_and_training_resumes_from_previous(
     dataset: Path, tmp_path: Path
 ) -> None:
-    if not preflight_run_available():
-        pytest.skip(
-            "needs the preflight CLI (`python -m entrypoint run`) to choose and quarantine checkpoints"
-        )
     values = tiny_settings(dataset, tmp_path, max_updates=5, last_every_updates=1, save_every_updates=2)
     env_file = write_settings(tmp_path, values)
-    first = run_training(env_file, values)
+    first = run_training(env_file)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     output = Path(values["OUTPUT_DIR"])
     last = output / "model_last.pt"
@@ -41,7 +36,7 @@ def test_truncated_model_last_is_quarantined_and_training_resumes_from_previous(
 
     values["MAX_UPDATES"] = "7"
     env_file = write_settings(tmp_path, values)
-    second = run_training(env_file, values)
+    second = run_training(env_file)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     resumed = RESUMED.search(second.stdout)
     assert resumed, second.stdout[-3000:]

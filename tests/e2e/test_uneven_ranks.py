@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from entrypoint.train.driver import _StoppableLoader
+from entrypoint.train.safe_trainer import StoppableLoader
 
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
 mp = pytest.importorskip("torch.multiprocessing")
 
 
-class _Saver:
+class _Checkpoints:
     def wait(self) -> list[Any]:
         return []
 
@@ -30,7 +30,7 @@ class _RankTrainer:
     """The parts of SafeTrainer the loader uses, with SafeTrainer's collectives, on a real process group."""
 
     def __init__(self) -> None:
-        self.saver = _Saver()
+        self.checkpoints = _Checkpoints()
         self.accelerator = _Accelerator()
         self.update_count = 0
 
@@ -48,7 +48,7 @@ def _rank_main(rank: int, port: int, results: Path) -> None:
     try:
         trainer = _RankTrainer()
         batches = list(range(4 if rank == 0 else 3))  # an odd total: rank 0 has one more
-        seen = list(_StoppableLoader(batches, trainer))
+        seen = list(StoppableLoader(batches, trainer))
         # Whatever collective comes next (here: an end marker) must pair with the same call on the other rank.
         marker = torch.tensor([float(rank + 1) * 100.0])
         dist.all_reduce(marker)

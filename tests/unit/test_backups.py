@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from entrypoint import durable
 from entrypoint.naming import temp_target
-from entrypoint.train import backups as backups_module
 from entrypoint.train.backups import BackupPolicy, make_backup, same_file_system
-from entrypoint.train.safe_save import SafeSaver
+from entrypoint.train.checkpoint_manager import CheckpointWriter
 
 torch = pytest.importorskip("torch")
 
@@ -28,7 +28,7 @@ def _save_last(folder: Path, update: int) -> Path:
         "scheduler_state_dict": {"last_epoch": update},
         "update": update,
     }
-    result = SafeSaver(folder, log=lambda _l: None).save(state, "model_last.pt")
+    result = CheckpointWriter(folder, log=lambda _l: None).save(state, "model_last.pt")
     assert result.valid
     return result.path
 
@@ -118,7 +118,7 @@ def test_copy_gives_way_to_a_stop_request_and_leaves_previous_backups(
 ) -> None:
     # A copy already running on the commit thread when SIGTERM arrives must not stretch the stop by a whole
     # (multi-GB) copy: it checks the request between chunks (small chunks here, for a small file).
-    monkeypatch.setattr(backups_module, "_COPY_CHUNK", 1024)
+    monkeypatch.setattr(durable, "COPY_CHUNK_BYTES", 1024)
     output = tmp_path / "output"
     policy_log: list[str] = []
     checks: list[int] = []
