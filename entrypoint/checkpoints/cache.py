@@ -75,6 +75,9 @@ class VerdictCache:
             if data.get("format") != FORMAT_VERSION or not isinstance(data.get("entries"), dict):
                 raise ValueError("unknown layout")
             cache.entries = {str(k): dict(v) for k, v in data["entries"].items()}
+        except RecursionError:
+            # Nested deeper than the parser's stack: no verdict cache of ours looks like that.
+            cache.warnings.append(f"verdict cache {path} is not valid (nested too deep); ignored")
         except (ValueError, TypeError, AttributeError) as error:
             cache.warnings.append(f"verdict cache {path} is not valid ({error}); ignored")
         return cache

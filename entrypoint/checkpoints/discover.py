@@ -169,7 +169,9 @@ def _temps(folder: Path, in_backups: bool) -> list[TempFile]:
             continue
         if source is None or not stat.S_ISREG(info.st_mode):
             continue
-        pid = int(name.rsplit(".partial-", 1)[1].split("-", 1)[0])
+        pid = naming.temp_pid(name)
+        if pid is None:
+            continue
         temps.append(TempFile(path, folder / final, source, pid, info.st_size))
     return temps
 

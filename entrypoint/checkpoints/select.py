@@ -114,7 +114,8 @@ def _pid_alive(pid: int) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
+        # OverflowError: a number no pid_t holds, so no process has it.
         return False
     except PermissionError:
         return True

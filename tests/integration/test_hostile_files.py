@@ -1,0 +1,78 @@
+"""Odd and hostile files next to the checkpoints, through the real `preflight` process: a verdict and a
+documented exit code, never a traceback, and nothing damaged."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_dataset(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "raw.arrow").write_bytes(b"arrow")
+    (folder / "duration.json").write_text('{"duration": [1.0]}')
+    (folder / "vocab.txt").write_text(" \na\nb\n")
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    write_dataset(tmp_path / "dataset")
+    (tmp_path / "output").mkdir()
+    (tmp_path / "test.env").write_text(
+        f"OUTPUT_DIR={tmp_path / 'output'}\nBACKUP_DIR={tmp_path / 'backups'}\nLOG_DIR={tmp_path / 'logs'}\n"
+        f"DATASET_DIR={tmp_path / 'dataset'}\nALLOW_SCRATCH=true\nMODEL_PRESET=tiny\n"
+    )
+    return tmp_path
+
+
+def preflight(
+    workspace: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {key: value for key, value in os.environ.items() if not key.startswith(("PREFLIGHT_", "WANDB"))}
+    base.pop("ENV_FILE", None)
+    base["PYTHONPATH"] = str(ROOT)  # this tree's package, whatever is installed
+    base.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "entrypoint", *args],
+        cwd=workspace,
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def env_args(workspace: Path) -> list[str]:
+    return ["--env-file", str(workspace / "test.env")]
+
+
+def test_a_verdict_cache_nested_too_deep_is_ignored_with_a_warning(workspace: Path) -> None:
+    cache = workspace / "output" / "preflight" / "verdict-cache.json"
+    cache.parent.mkdir()
+    cache.write_text("[" * 100_000 + "]" * 100_000)
+    done = preflight(workspace, "check", *env_args(workspace))
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.returncode == 0
+    assert f"verdict cache {cache} is not valid (nested too deep); ignored" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    "pid",
+    ["2147483648", "9999999999", "9" * 200],
+    ids=["pid_t-max-plus-1", "10-digit", "200-digit"],
+)
+def test_an_unfinished_save_named_with_an_impossible_pid_is_no_crash(workspace: Path, pid: str) -> None:
+    temp = workspace / "output" / f".model_last.pt.partial-{pid}-0badc0de"
+    temp.write_bytes(b"PK\x03\x04 cut off after a few bytes")
+    done = preflight(workspace, "check", *env_args(workspace))
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.returncode in (0, 3), done.stdout + done.stderr
+    assert temp.read_bytes() == b"PK\x03\x04 cut off after a few bytes"  # a check changes nothing
+    # No process can have that number: the file is judged like any dead writer's (here: cut off).
+    assert "unfinished save" in done.stdout and temp.name in done.stdout
