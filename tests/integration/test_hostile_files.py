@@ -76,3 +76,14 @@ def test_an_unfinished_save_named_with_an_impossible_pid_is_no_crash(workspace: 
     assert temp.read_bytes() == b"PK\x03\x04 cut off after a few bytes"  # a check changes nothing
     # No process can have that number: the file is judged like any dead writer's (here: cut off).
     assert "unfinished save" in done.stdout and temp.name in done.stdout
+
+
+def test_a_lock_symlink_to_a_backup_stops_the_run_and_the_backup_survives(workspace: Path) -> None:
+    backup = workspace / "backups" / "model_1000.pt"
+    backup.parent.mkdir()
+    backup.write_bytes(b"PK\x03\x04 the only backup" * 1000)
+    (workspace / "output" / ".train.lock").symlink_to(backup)
+    done = preflight(workspace, "run", *env_args(workspace), "--", "true")
+    assert done.returncode == 3 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    assert "is a symlink" in done.stdout and "remove the link" in done.stdout
+    assert backup.read_bytes() == b"PK\x03\x04 the only backup" * 1000
