@@ -44,7 +44,7 @@ def preflight(
         env=base,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=60,
     )
 
 
@@ -87,3 +87,30 @@ def test_a_lock_symlink_to_a_backup_stops_the_run_and_the_backup_survives(worksp
     assert done.returncode == 3 and "Traceback" not in done.stderr, done.stdout + done.stderr
     assert "is a symlink" in done.stdout and "remove the link" in done.stdout
     assert backup.read_bytes() == b"PK\x03\x04 the only backup" * 1000
+
+
+@pytest.mark.parametrize("shape", ["40000-lines", "12-MB-one-line"])
+def test_a_settings_file_far_too_large_is_refused_in_one_line(workspace: Path, shape: str) -> None:
+    env_file = workspace / "test.env"
+    settings = env_file.read_text()
+    if shape == "40000-lines":
+        # Each line a variable: python-dotenv's expansion alone took minutes on this.
+        env_file.write_text(settings + "".join(f"VAR_{i}=value_{i}\n" for i in range(40_000)))
+    else:
+        env_file.write_text(settings + "NOTES=" + "x" * 12_000_000 + "\n")
+    done = preflight(workspace, "check", *env_args(workspace))  # the helper's timeout is the time bound
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(env_file) in lines[0] and "Traceback" not in done.stderr
+    assert "--env-file" in lines[0]
+
+
+def test_a_large_but_plausible_settings_file_is_still_read(workspace: Path) -> None:
+    from entrypoint.settings import ENV_FILE_MAX_LINES
+
+    env_file = workspace / "test.env"
+    settings = env_file.read_text()
+    filler = "".join(f"# note {i}\n" for i in range(ENV_FILE_MAX_LINES - settings.count("\n")))
+    env_file.write_text(filler + settings)
+    done = preflight(workspace, "check", *env_args(workspace))
+    assert done.returncode == 0, done.stdout + done.stderr
