@@ -114,3 +114,45 @@ def test_a_large_but_plausible_settings_file_is_still_read(workspace: Path) -> N
     env_file.write_text(filler + settings)
     done = preflight(workspace, "check", *env_args(workspace))
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+PEM = (
+    "-----BEGIN PRIVATE KEY-----\n"
+    "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\n"
+    "MzEfYyjiWA4R4/M2bS1GB4t7NXp98C3SC6dVMvDuictGeurT8jNbvJZHtCSuYEvu\n"
+    "-----END PRIVATE KEY-----"
+)
+CREDENTIAL = '{\n  "type": "service_account",\n  "private_key_id": "9f8e7d6c5b4a3210"\n}'
+
+
+def test_a_multi_line_secret_printed_by_the_trainer_reaches_neither_log_nor_terminal(workspace: Path) -> None:
+    with (workspace / "test.env").open("a") as env_file:
+        env_file.write(f'SERVICE_KEY="{PEM}"\n')  # a quoted multi-line value, as python-dotenv reads it
+    # Printed whole, then again after 65,500 bytes so that it straddles the copier's 64 KiB reads, then the
+    # JSON credential in several writes of its own.
+    program = (
+        "import os, sys\n"
+        "out = sys.stdout.buffer\n"
+        "out.write(('key: ' + os.environ['SERVICE_KEY'] + '\\n').encode()); out.flush()\n"
+        "out.write(b'x' * 65500 + ('again: ' + os.environ['SERVICE_KEY'] + '\\n').encode()); out.flush()\n"
+        "for line in os.environ['GCP_CREDENTIALS'].splitlines(keepends=True):\n"
+        "    out.write(line.encode()); out.flush()\n"
+        "out.write(b' was the credential\\n'); out.flush()\n"
+    )
+    done = preflight(
+        workspace,
+        "run",
+        *env_args(workspace),
+        "--",
+        sys.executable,
+        "-c",
+        program,
+        env={"GCP_CREDENTIALS": CREDENTIAL},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    log = (workspace / "logs" / "training.log").read_text()
+    secret_lines = [line for line in (PEM + "\n" + CREDENTIAL).splitlines() if len(line) > 8]
+    for shown in (log, done.stdout, done.stderr):
+        assert not [line for line in secret_lines if line in shown]
+    assert "key: ***\n" in log and "again: ***\n" in log and "*** was the credential\n" in log
+    assert "key: ***\n" in done.stdout and "*** was the credential\n" in done.stdout
