@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.mounts import bind_mount
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -156,3 +158,17 @@ def test_a_multi_line_secret_printed_by_the_trainer_reaches_neither_log_nor_term
         assert not [line for line in secret_lines if line in shown]
     assert "key: ***\n" in log and "again: ***\n" in log and "*** was the credential\n" in log
     assert "key: ***\n" in done.stdout and "*** was the credential\n" in done.stdout
+
+
+def test_a_bind_mounted_quarantine_dir_on_the_same_disk_still_moves_the_bad_file(workspace: Path) -> None:
+    output = workspace / "output"
+    bad = output / "model_last.pt"
+    bad.write_bytes(b"PK\x03\x04" + os.urandom(4096))
+    with bind_mount(workspace / "disk" / "quarantine", workspace / "quarantine") as quarantine_dir:
+        done = preflight(
+            workspace, "run", *env_args(workspace), "--", "true", env={"QUARANTINE_DIR": str(quarantine_dir)}
+        )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    assert not bad.exists() and (output / "model_last.pt.corrupted").exists()
+    assert (output / "model_last.pt.corrupted.json").exists()
+    assert "separate mount" in done.stdout and "renamed in place" in done.stdout
