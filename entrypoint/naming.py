@@ -29,6 +29,8 @@ _TEMP = re.compile(r"^\.(?P<final>.+)\.partial-(?P<pid>\d+)-(?P<token>[0-9a-f]+)
 
 def numbered_update(name: str) -> int | None:
     """The update number of `model_<N>.pt` / `model_<N>.safetensors`, else None."""
+    if not name.startswith("model_"):  # most names of a folder: no regex needed
+        return None
     match = _NUMBERED.match(name)
     return int(match.group(1)) if match else None
 
@@ -40,6 +42,8 @@ def temp_path_for(final: Path) -> Path:
 
 def temp_target(name: str) -> str | None:
     """For an unfinished-save temp file name, the final name it was meant to become; else None."""
+    if ".partial-" not in name:  # most names of a folder: no regex needed
+        return None
     match = _TEMP.match(name)
     return match.group("final") if match else None
 

@@ -132,8 +132,9 @@ def _classify(path: Path, source: str, movable: bool, update_hint: int | None) -
             path, source, "not-a-file", f"{path} is not a regular file (a device, FIFO or socket)", movable
         )
     try:
-        with open(path, "rb"):
-            pass
+        # A bare descriptor (no Python file object: this runs for every file of a large folder), non-blocking
+        # in case the entry was swapped for a FIFO since the stat.
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
     except PermissionError:
         # Not quarantined: the file may be perfectly valid and only owned by another user.
         return Finding(path, source, "unreadable", f"{path} cannot be read (permission denied)", False)
