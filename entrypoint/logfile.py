@@ -106,8 +106,14 @@ def tee_output(log_dir: Path, redact: Redactor) -> TextIO | None:
     tees = (Tee(sys.stdout, log, redact), Tee(sys.stderr, log, redact))
     sys.stdout, sys.stderr = tees  # type: ignore[assignment]
     for tee in tees:
-        atexit.register(tee.finish)
+        atexit.register(_finish_quietly, tee)
     return log
+
+
+def _finish_quietly(tee: Tee) -> None:
+    # At exit the terminal may already be closed; nothing is left to tell anyone then.
+    with contextlib.suppress(OSError, ValueError):
+        tee.finish()
 
 
 TEE_MARKER = "PREFLIGHT_LOG_TEE"  # set for the exec'd program: its output already goes to the log file
