@@ -88,16 +88,17 @@ def _raw_env_file_values(args: argparse.Namespace) -> dict[str, str]:
 
     from dotenv.parser import parse_stream
 
-    from entrypoint.settings import resolve_env_file
+    from entrypoint.errors import ConfigError
+    from entrypoint.settings import read_env_text, resolve_env_file
 
     try:
         env_file, _ = resolve_env_file(getattr(args, "env_file", None), os.environ)
         if env_file is None or not env_file.is_file():
             return {}
         # The parser itself, not dotenv_values: it would log every unparsable line a second time.
-        bindings = parse_stream(io.StringIO(env_file.read_text(encoding="utf-8")))
+        bindings = parse_stream(io.StringIO(read_env_text(env_file)))
         return {b.key: b.value or "" for b in bindings if not b.error and b.key}
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, ValueError, ConfigError):
         return {}
 
 

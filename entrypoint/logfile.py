@@ -5,6 +5,7 @@ Users `tail -f` and `grep` it, so every line is written whole, flushed at once a
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import select
@@ -19,32 +20,50 @@ from entrypoint.redact import Redactor
 
 
 class Tee:
-    """A text stream that writes to the original stream and, redacted, to the log file."""
+    """A text stream that writes to the original stream and, redacted, to the log file.
+
+    Redaction runs over the stream, not per write or per line: a secret split over two writes or over lines
+    is masked in both places (see StreamRedactor).
+    """
 
     def __init__(self, original: TextIO, log: TextIO, redact: Redactor) -> None:
         self._original = original
         self._log: TextIO | None = log
-        self._redact = redact
+        self._stream = redact.text_stream()
         self._lock = threading.Lock()
         self._pending = ""
 
     def write(self, text: str) -> int:
-        clean = self._redact(text)
-        self._original.write(clean)
         with self._lock:
-            if self._log is None:
-                return len(text)
-            # tqdm redraws with "\r": keep only complete lines in the file so grep sees each once.
-            self._pending += clean
-            *lines, self._pending = self._pending.split("\n")
-            try:
-                for line in lines:
-                    self._log.write(line.rsplit("\r", 1)[-1] + "\n")
-                if lines:
-                    self._log.flush()
-            except OSError as error:
-                self._give_up(error)
+            self._pass_on(self._stream.feed(text))
         return len(text)
+
+    def finish(self) -> None:
+        """Pass on what the redactor still holds (the program is ending, or stops writing through us)."""
+        with self._lock:
+            self._pass_on(self._stream.finish())
+            if self._pending:
+                self._to_log("\n")  # the last line, unterminated: the log is read line by line
+        self.flush()
+
+    def _pass_on(self, clean: str) -> None:
+        if clean:
+            self._original.write(clean)
+        self._to_log(clean)
+
+    def _to_log(self, clean: str) -> None:
+        if self._log is None:
+            return
+        # tqdm redraws with "\r": keep only complete lines in the file so grep sees each once.
+        self._pending += clean
+        *lines, self._pending = self._pending.split("\n")
+        try:
+            for line in lines:
+                self._log.write(line.rsplit("\r", 1)[-1] + "\n")
+            if lines:
+                self._log.flush()
+        except OSError as error:
+            self._give_up(error)
 
     def flush(self) -> None:
         self._original.flush()
@@ -84,9 +103,17 @@ def tee_output(log_dir: Path, redact: Redactor) -> TextIO | None:
         log = open_log(log_dir)
     except OSError:
         return None
-    sys.stdout = Tee(sys.stdout, log, redact)  # type: ignore[assignment]
-    sys.stderr = Tee(sys.stderr, log, redact)  # type: ignore[assignment]
+    tees = (Tee(sys.stdout, log, redact), Tee(sys.stderr, log, redact))
+    sys.stdout, sys.stderr = tees  # type: ignore[assignment]
+    for tee in tees:
+        atexit.register(_finish_quietly, tee)
     return log
+
+
+def _finish_quietly(tee: Tee) -> None:
+    # At exit the terminal may already be closed; nothing is left to tell anyone then.
+    with contextlib.suppress(OSError, ValueError):
+        tee.finish()
 
 
 TEE_MARKER = "PREFLIGHT_LOG_TEE"  # set for the exec'd program: its output already goes to the log file
@@ -94,13 +121,14 @@ _CHUNK = 65536
 
 
 def _copy_streams(sources: dict[int, int], log: BinaryIO, redact: Redactor) -> None:
-    """Copy each pipe to its terminal descriptor and every complete line, redacted, to the log, until EOF.
+    """Copy each pipe, redacted, to its terminal descriptor and, as whole lines, to the log, until EOF.
 
-    Both sides are cut at line ends only ("\\n", and "\\r" for the terminal, where tqdm redraws its bar), so a
-    secret is never split between two writes and escapes the redactor. If the log cannot be written (a full
-    logs volume), the copy to the terminal goes on: the program must never see a broken pipe because of it.
+    Redaction runs over each pipe's byte stream before it is cut into lines, so a secret spread over lines
+    (a PEM key, a JSON credential) or over two reads never reaches either side. If the log cannot be written
+    (a full logs volume), the copy to the terminal goes on: the program must never see a broken pipe
+    because of it.
     """
-    terminal_pending = dict.fromkeys(sources, b"")
+    streams = {pipe: redact.byte_stream() for pipe in sources}
     log_pending = dict.fromkeys(sources, b"")
     open_pipes = set(sources)
     logging = True
@@ -108,21 +136,23 @@ def _copy_streams(sources: dict[int, int], log: BinaryIO, redact: Redactor) -> N
         ready, _, _ = select.select(list(open_pipes), [], [])
         for pipe in ready:
             chunk = os.read(pipe, _CHUNK)
-            if not chunk:
+            if chunk:
+                clean = streams[pipe].feed(chunk)
+            else:
                 open_pipes.discard(pipe)
-                chunk = b"\n" if log_pending[pipe] or terminal_pending[pipe] else b""
-            data = terminal_pending[pipe] + chunk
-            cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
-            if cut:
-                _write_all(sources[pipe], _redact_bytes(data[:cut], redact))
-            terminal_pending[pipe] = data[cut:]
+                clean = streams[pipe].finish()
+            if clean:
+                _write_all(sources[pipe], clean)
             if not logging:
                 continue
-            *lines, log_pending[pipe] = (log_pending[pipe] + chunk).split(b"\n")
+            text = log_pending[pipe] + clean
+            if not chunk and text:
+                text += b"\n"  # the last line, unterminated
+            *lines, log_pending[pipe] = text.split(b"\n")
             try:
                 for line in lines:
                     # The log keeps only a line's final state, not each progress-bar redraw.
-                    log.write(_redact_bytes(line.rsplit(b"\r", 1)[-1], redact) + b"\n")
+                    log.write(line.rsplit(b"\r", 1)[-1] + b"\n")
                 if lines:
                     log.flush()
             except OSError as error:
@@ -142,10 +172,6 @@ def _pass_through(sources: dict[int, int]) -> None:
                 _write_all(sources[pipe], chunk)
             else:
                 open_pipes.discard(pipe)
-
-
-def _redact_bytes(data: bytes, redact: Redactor) -> bytes:
-    return redact(data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
 
 
 def _write_all(descriptor: int, data: bytes) -> None:
@@ -191,6 +217,7 @@ def tee_descriptors(log_dir: Path, redact: Redactor) -> bool:
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if isinstance(stream, Tee):
+            stream.finish()
             setattr(sys, name, stream._original)
     for target, (read_end, write_end) in pipes.items():
         os.dup2(write_end, target)

@@ -23,11 +23,15 @@ REPORT_DIR_NAME = "preflight"  # inside OUTPUT_DIR: report.json, report.txt, ver
 _NUMBERED = re.compile(r"^model_(\d+)\.(pt|safetensors)$")
 # An unfinished save: ".<final name>.partial-<pid>-<token>". The leading dot and the suffix keep it out of
 # F5-TTS's own selection (which wants names starting with "model_" and ending in .pt/.safetensors).
+# The PID may be any run of digits (a name can be made by anyone): whether it fits a pid_t is checked when
+# it is used.
 _TEMP = re.compile(r"^\.(?P<final>.+)\.partial-(?P<pid>\d+)-(?P<token>[0-9a-f]+)$")
 
 
 def numbered_update(name: str) -> int | None:
     """The update number of `model_<N>.pt` / `model_<N>.safetensors`, else None."""
+    if not name.startswith("model_"):  # most names of a folder: no regex needed
+        return None
     match = _NUMBERED.match(name)
     return int(match.group(1)) if match else None
 
@@ -39,8 +43,16 @@ def temp_path_for(final: Path) -> Path:
 
 def temp_target(name: str) -> str | None:
     """For an unfinished-save temp file name, the final name it was meant to become; else None."""
+    if ".partial-" not in name:  # most names of a folder: no regex needed
+        return None
     match = _TEMP.match(name)
     return match.group("final") if match else None
+
+
+def temp_pid(name: str) -> int | None:
+    """For an unfinished-save temp file name, the PID of the process that wrote it; else None."""
+    match = _TEMP.match(name)
+    return int(match.group("pid")) if match else None
 
 
 def is_checkpoint_name(name: str) -> bool:

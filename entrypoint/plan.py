@@ -221,7 +221,9 @@ def _trainer_check(settings: Settings, facts: Facts) -> CheckResult:
 
 def _lock_check(settings: Settings, facts: Facts) -> CheckResult:
     if facts.lock_holder:
-        return CheckResult("lock", FAIL, facts.lock_holder, LOCK_FIX)
+        # A lock file that cannot be used (a link, another file) names its own fix in the problem line.
+        taken = facts.lock_holder.startswith("another trainer")
+        return CheckResult("lock", FAIL, facts.lock_holder, LOCK_FIX if taken else "")
     return CheckResult("lock", OK, f"no other trainer is using OUTPUT_DIR ({LOCK_NAME} taken by `run`)")
 
 

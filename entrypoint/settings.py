@@ -536,12 +536,43 @@ def resolve_env_file(cli_env_file: str | None, environ: Mapping[str, str]) -> tu
     return (default if default.is_file() else None), False
 
 
+# A settings file is a page of KEY=value lines (.env.example: 128 lines, 8 KB). Far past that it is the wrong
+# file (a dataset, a log, a binary), and python-dotenv's variable expansion is quadratic in the number of
+# variables (40,000 lines: minutes): refused in one line before any parsing.
+ENV_FILE_MAX_BYTES = 1024 * 1024
+ENV_FILE_MAX_LINES = 5000
+
+
+def read_env_text(env_file: Path) -> str:
+    """The text of a .env file within the budget above; ConfigError when it cannot be read or is too large."""
+    budget_fix = "point --env-file or ENV_FILE at the .env file with your settings (see .env.example)"
+    try:
+        with open(env_file, "rb") as handle:
+            data = handle.read(ENV_FILE_MAX_BYTES + 1)
+    except OSError as error:
+        raise ConfigError(f"cannot read env file {str(env_file)!r}: {error}") from None
+    if len(data) > ENV_FILE_MAX_BYTES:
+        raise ConfigError(
+            f"env file {str(env_file)!r} is larger than {ENV_FILE_MAX_BYTES // (1024 * 1024)} MiB: "
+            "no settings file is that large",
+            budget_fix,
+        )
+    lines = data.count(b"\n") + (not data.endswith(b"\n") and bool(data))
+    if lines > ENV_FILE_MAX_LINES:
+        raise ConfigError(
+            f"env file {str(env_file)!r} has {lines} lines, more than the {ENV_FILE_MAX_LINES} any settings "
+            "file needs",
+            budget_fix,
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"cannot read env file {str(env_file)!r}: {error}") from None
+
+
 def _read_env_file(env_file: Path) -> dict[str, str]:
     """KEY=value pairs of a .env file; a line python-dotenv cannot parse is an error, not a silent skip."""
-    try:
-        text = env_file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read env file {str(env_file)!r}: {error}") from None
+    text = read_env_text(env_file)
     for binding in parse_stream(io.StringIO(text)):
         if binding.error:
             # Never echo the line: it may hold a secret. Its first word is enough to find it.

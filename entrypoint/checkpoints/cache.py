@@ -21,7 +21,9 @@ from entrypoint.durable import replace_text
 
 CACHE_FILE_NAME = "verdict-cache.json"
 FORMAT_VERSION = 2  # 2: verdicts carry their failure kind
-MAX_ENTRIES = 512
+# Entries kept for files not looked at in this run (moved away, renamed, on another volume now); every file
+# this run asked about is kept, however many: the cache grows with the folder, not past it.
+MAX_UNUSED_ENTRIES = 512
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class VerdictCache:
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     changed: bool = False
+    used: set[str] = field(default_factory=set)  # keys asked about in this run
 
     @classmethod
     def for_output_dir(cls, output_dir: Path) -> VerdictCache:
@@ -75,6 +78,9 @@ class VerdictCache:
             if data.get("format") != FORMAT_VERSION or not isinstance(data.get("entries"), dict):
                 raise ValueError("unknown layout")
             cache.entries = {str(k): dict(v) for k, v in data["entries"].items()}
+        except RecursionError:
+            # Nested deeper than the parser's stack: no verdict cache of ours looks like that.
+            cache.warnings.append(f"verdict cache {path} is not valid (nested too deep); ignored")
         except (ValueError, TypeError, AttributeError) as error:
             cache.warnings.append(f"verdict cache {path} is not valid ({error}); ignored")
         return cache
@@ -85,6 +91,7 @@ class VerdictCache:
             identity = FileIdentity.of(path)
         except OSError:
             return None
+        self.used.add(identity.key())
         entry = self.entries.get(identity.key())
         if entry is None or entry.get("identity") != _identity_dict(identity):
             return None
@@ -108,6 +115,7 @@ class VerdictCache:
             identity = FileIdentity.of(path)
         except OSError:
             return
+        self.used.add(identity.key())
         previous = self.entries.get(identity.key())
         if (
             previous is not None
@@ -130,8 +138,10 @@ class VerdictCache:
         if not self.changed:
             return None
         entries = self.entries
-        if len(entries) > MAX_ENTRIES:
-            entries = dict(list(entries.items())[-MAX_ENTRIES:])
+        unused = [key for key in entries if key not in self.used]
+        if len(unused) > MAX_UNUSED_ENTRIES:
+            dropped = set(unused[: len(unused) - MAX_UNUSED_ENTRIES])  # any of them: none is in use now
+            entries = {key: value for key, value in entries.items() if key not in dropped}
         text = json.dumps(
             {"format": FORMAT_VERSION, "entries": entries}, indent=1, sort_keys=True, default=str
         )

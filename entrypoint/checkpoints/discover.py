@@ -69,13 +69,35 @@ class Discovery:
     strays: tuple[Path, ...] = field(default=())  # other model_*/.pt names F5-TTS's stock rule would see
 
 
-def _entries(folder: Path) -> list[str]:
-    try:
-        return sorted(os.listdir(folder))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    except PermissionError:
-        return []
+class _Listings:
+    """Each folder listed (and sorted) once per discovery, however many sources look into it."""
+
+    def __init__(self) -> None:
+        self._names: dict[Path, list[str]] = {}
+        self._errors: dict[Path, OSError] = {}
+        self._temps: dict[tuple[Path, bool], list[TempFile]] = {}
+
+    def names(self, folder: Path) -> list[str]:
+        if folder not in self._names:
+            try:
+                self._names[folder] = sorted(os.listdir(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                self._names[folder] = []
+            except OSError as error:
+                self._names[folder] = []
+                self._errors[folder] = error
+        return self._names[folder]
+
+    def error(self, folder: Path) -> OSError | None:
+        """Why `folder` exists but cannot be listed (None when it was listed or does not exist)."""
+        self.names(folder)
+        return self._errors.get(folder)
+
+    def temps(self, folder: Path, in_backups: bool) -> list[TempFile]:
+        key = (folder, in_backups)
+        if key not in self._temps:
+            self._temps[key] = _temps(folder, in_backups, self.names(folder))
+        return self._temps[key]
 
 
 def _classify(path: Path, source: str, movable: bool, update_hint: int | None) -> Candidate | Finding:
@@ -110,8 +132,9 @@ def _classify(path: Path, source: str, movable: bool, update_hint: int | None) -
             path, source, "not-a-file", f"{path} is not a regular file (a device, FIFO or socket)", movable
         )
     try:
-        with open(path, "rb"):
-            pass
+        # A bare descriptor (no Python file object: this runs for every file of a large folder), non-blocking
+        # in case the entry was swapped for a FIFO since the stat.
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
     except PermissionError:
         # Not quarantined: the file may be perfectly valid and only owned by another user.
         return Finding(path, source, "unreadable", f"{path} cannot be read (permission denied)", False)
@@ -120,23 +143,20 @@ def _classify(path: Path, source: str, movable: bool, update_hint: int | None) -
     return Candidate(path, source, info.st_size, update_hint, link_target, movable)
 
 
-def _unlistable(folder: Path | None, source: str) -> list[Finding]:
+def _unlistable(folder: Path | None, source: str, listings: _Listings) -> list[Finding]:
     """A folder that exists but cannot be listed hides every checkpoint in it: never read as "empty"."""
     if folder is None:
         return []
-    try:
-        os.listdir(folder)
-    except (FileNotFoundError, NotADirectoryError):
+    error = listings.error(folder)
+    if error is None:
         return []
-    except OSError as error:
-        detail = f"{folder} cannot be listed ({error.strerror}): the checkpoints in it cannot be seen"
-        return [Finding(folder, source, "unreadable", detail, False)]
-    return []
+    detail = f"{folder} cannot be listed ({error.strerror}): the checkpoints in it cannot be seen"
+    return [Finding(folder, source, "unreadable", detail, False)]
 
 
-def _numbered_names(folder: Path) -> list[tuple[int, str]]:
+def _numbered_names(names: list[str]) -> list[tuple[int, str]]:
     found = []
-    for name in _entries(folder):
+    for name in names:
         update = naming.numbered_update(name)
         if update is not None:
             found.append((update, name))
@@ -145,10 +165,10 @@ def _numbered_names(folder: Path) -> list[tuple[int, str]]:
     return found
 
 
-def _temps(folder: Path, in_backups: bool) -> list[TempFile]:
+def _temps(folder: Path, in_backups: bool, names: list[str]) -> list[TempFile]:
     """Unfinished-save temp files in one folder, each with the source its final name belongs to."""
     temps = []
-    for name in _entries(folder):
+    for name in names:
         final = naming.temp_target(name)
         if final is None or not naming.is_checkpoint_name(final):
             continue
@@ -169,7 +189,9 @@ def _temps(folder: Path, in_backups: bool) -> list[TempFile]:
             continue
         if source is None or not stat.S_ISREG(info.st_mode):
             continue
-        pid = int(name.rsplit(".partial-", 1)[1].split("-", 1)[0])
+        pid = naming.temp_pid(name)
+        if pid is None:
+            continue
         temps.append(TempFile(path, folder / final, source, pid, info.st_size))
     return temps
 
@@ -189,34 +211,37 @@ def discover(
     """
     items: list[Candidate | Finding] = []
     temps: list[TempFile] = []
+    listings = _Listings()
     if {"last", "numbered"} & set(sources):
-        items += _unlistable(output_dir, "numbered" if "numbered" in sources else "last")
+        items += _unlistable(output_dir, "numbered" if "numbered" in sources else "last", listings)
     if "backups" in sources:
-        items += _unlistable(backup_dir, "backups")
+        items += _unlistable(backup_dir, "backups", listings)
     for source in sources:
         if source == "last":
             path = output_dir / naming.LAST_NAME
             if os.path.lexists(path):
                 items.append(_classify(path, source, True, None))
-            temps += [t for t in _temps(output_dir, False) if t.source == source]
+            temps += [t for t in listings.temps(output_dir, False) if t.source == source]
         elif source == "numbered":
-            for update, name in _numbered_names(output_dir):
+            for update, name in _numbered_names(listings.names(output_dir)):
                 items.append(_classify(output_dir / name, source, True, update))
-            temps += [t for t in _temps(output_dir, False) if t.source == source]
+            temps += [t for t in listings.temps(output_dir, False) if t.source == source]
         elif source == "backups" and backup_dir is not None:
-            for update, name in _numbered_names(backup_dir):
+            for update, name in _numbered_names(listings.names(backup_dir)):
                 items.append(_classify(backup_dir / name, source, True, update))
-            temps += _temps(backup_dir, True)
+            temps += listings.temps(backup_dir, True)
         elif source == "pretrained":
-            items += _pretrained(output_dir, pretrained, folder_copy_first)
-            temps += [t for t in _temps(output_dir, False) if t.source == source]
+            items += _pretrained(output_dir, pretrained, folder_copy_first, listings.names(output_dir))
+            temps += [t for t in listings.temps(output_dir, False) if t.source == source]
     candidates = tuple(item for item in items if isinstance(item, Candidate))
     findings = tuple(item for item in items if isinstance(item, Finding))
-    return Discovery(candidates, findings, tuple(temps), tuple(_strays(output_dir)))
+    return Discovery(
+        candidates, findings, tuple(temps), tuple(_strays(output_dir, listings.names(output_dir)))
+    )
 
 
 def _pretrained(
-    output_dir: Path, pretrained: Path | None, folder_copy_first: bool
+    output_dir: Path, pretrained: Path | None, folder_copy_first: bool, names: list[str]
 ) -> list[Candidate | Finding]:
     items: list[Candidate | Finding] = []
     copy_name = None
@@ -238,7 +263,7 @@ def _pretrained(
                 item.path, item.source, item.problem, detail, item.movable and item.problem != "missing"
             )
         items.append(item)
-    for name in _entries(output_dir):
+    for name in names:
         if name.startswith(naming.PRETRAINED_PREFIX) and name.endswith(LOADABLE_ENDINGS):
             path = output_dir / name
             if pretrained is not None and _same_file(path, pretrained):
@@ -249,10 +274,10 @@ def _pretrained(
     return items
 
 
-def _strays(output_dir: Path) -> list[Path]:
+def _strays(output_dir: Path, names: list[str]) -> list[Path]:
     """Names F5-TTS's stock rule would consider that are none of our candidates (e.g. model_best.pt)."""
     strays = []
-    for name in _entries(output_dir):
+    for name in names:
         if not name.endswith(LOADABLE_ENDINGS) or name == naming.LAST_NAME:
             continue
         if naming.numbered_update(name) is not None or name.startswith(naming.PRETRAINED_PREFIX):

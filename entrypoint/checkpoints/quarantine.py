@@ -13,9 +13,10 @@ import ctypes
 import errno
 import json
 import os
+import re
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,48 @@ def quarantine_destination(path: Path, quarantine_dir: Path | None) -> tuple[Pat
             f"QUARANTINE_DIR {quarantine_dir} is on another file system than {path.parent} (moving would "
             f"copy); {path.name} renamed in place",
         )
+    if _mount_id(path.parent) != _mount_id(quarantine_dir):
+        return path.parent, _separate_mount_note(path, quarantine_dir)
     return quarantine_dir, ""
+
+
+def _separate_mount_note(path: Path, quarantine_dir: Path) -> str:
+    return (
+        f"QUARANTINE_DIR {quarantine_dir} is a separate mount from {path.parent} (a bind mount or its own "
+        f"volume line, although on the same disk): a rename cannot cross mounts; {path.name} renamed in "
+        f"place (to use QUARANTINE_DIR, make it a folder inside the same volume, e.g. OUTPUT_DIR/quarantine)"
+    )
+
+
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+
+def _mount_id(folder: Path) -> int | None:
+    """The id of the mount `folder` lies on (/proc/self/mountinfo), None when that cannot be told.
+
+    Two bind mounts of one disk share st_dev, yet rename() between them fails with EXDEV: only the mount
+    tells them apart.
+    """
+    try:
+        real = os.path.realpath(folder)
+        lines = MOUNTINFO.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    except OSError:
+        return None
+    best: tuple[int, int] | None = None  # (length of the mount point, mount id); a later mount on top wins
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 5 or not fields[0].isdigit():
+            continue
+        point = _unescape(fields[4])
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= best[0]):
+            best = (len(point), int(fields[0]))
+    return best[1] if best is not None else None
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash in a path as octal escapes (\\040)."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
 
 
 def free_name(folder: Path, name: str, suffix: str = naming.QUARANTINE_SUFFIX) -> Path:
@@ -165,7 +207,13 @@ def quarantine(
     try:
         rename_no_replace(path, destination)
     except OSError as error:
-        return QuarantineResult(path, None, None, note, _describe(error), into)
+        if error.errno != errno.EXDEV or not into:
+            return QuarantineResult(path, None, None, note, _describe(error), into)
+        # A separate mount the check above could not see (no /proc): fall back in place, as for another
+        # file system.
+        note = _separate_mount_note(path, folder)
+        in_place = quarantine(path, cause, level, details=details, suffix=suffix)
+        return replace(in_place, note=note)
     try:
         _write_new(reason_path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
         fsync_folder(destination.parent)

@@ -37,6 +37,7 @@ file, fsyncs it and renames it to its final name, so the rename is the commit:
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -94,22 +95,39 @@ class TempDecision:
 
 def reference_size(candidate: Candidate, candidates: Sequence[Candidate]) -> int | None:
     """What a healthy file like `candidate` should weigh: the previous numbered one, else the largest sibling."""
-    if candidate.source == "pretrained":
-        siblings = [c for c in candidates if c.source == "pretrained" and c.path != candidate.path]
-    else:
-        siblings = [c for c in candidates if c.source in TRAINING_SOURCES and c.path != candidate.path]
-        if candidate.update_hint is not None:
-            older = [
-                c
-                for c in siblings
-                if c.source == candidate.source
-                and c.update_hint is not None
-                and c.update_hint < candidate.update_hint
-            ]
-            if older:
-                return max(older, key=lambda c: c.update_hint or 0).size
-    sizes = [c.size for c in siblings if c.size > 0]
-    return max(sizes) if sizes else None
+    return ReferenceSizes(candidates).of(candidate)
+
+
+class ReferenceSizes:
+    """reference_size() for many candidates of one list: built once (O(N log N)), then each answer in
+    O(log N) instead of a scan of the whole list (which made choosing among N files quadratic)."""
+
+    def __init__(self, candidates: Sequence[Candidate]) -> None:
+        # Per source: the distinct update numbers, sorted, and the size of the first candidate (in list
+        # order) holding each, as max() over the list picks the first of equal keys.
+        first_of_update: dict[str, dict[int, int]] = {}
+        for c in candidates:
+            if c.source in TRAINING_SOURCES and c.update_hint is not None:
+                first_of_update.setdefault(c.source, {}).setdefault(c.update_hint, c.size)
+        self._updates = {source: sorted(sizes) for source, sizes in first_of_update.items()}
+        self._size_of_update = first_of_update
+        # Per group (pretrained / training): positive sizes, largest first, with their paths, so that the
+        # largest sibling is the first entry of another path.
+        self._largest: dict[bool, list[tuple[int, Path]]] = {True: [], False: []}
+        for c in candidates:
+            if c.size > 0 and (c.source == "pretrained" or c.source in TRAINING_SOURCES):
+                self._largest[c.source == "pretrained"].append((c.size, c.path))
+        for group in self._largest.values():
+            group.sort(key=lambda item: item[0], reverse=True)
+
+    def of(self, candidate: Candidate) -> int | None:
+        if candidate.source != "pretrained" and candidate.update_hint is not None:
+            updates = self._updates.get(candidate.source, [])
+            below = bisect.bisect_left(updates, candidate.update_hint)
+            if below:
+                return self._size_of_update[candidate.source][updates[below - 1]]
+        group = self._largest[candidate.source == "pretrained"]
+        return next((size for size, path in group if path != candidate.path), None)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -117,7 +135,8 @@ def _pid_alive(pid: int) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
+        # OverflowError: a number no pid_t holds, so no process has it.
         return False
     except PermissionError:
         return True
@@ -129,11 +148,14 @@ def judge_temps(
 ) -> tuple[TempDecision, ...]:
     """Quick-validate each temp file: cut off (remove), alive (keep) or complete (a candidate)."""
     decisions = []
+    size_at: dict[Path, int] = {}
+    for c in candidates:
+        size_at.setdefault(c.path, c.size)
     for temp in temps:
         if _pid_alive(temp.pid):
             decisions.append(TempDecision(temp, "keep", f"process {temp.pid} may still be writing it"))
             continue
-        reference = next((c.size for c in candidates if c.path == temp.final), None)
+        reference = size_at.get(temp.final)
         verdict = check(temp.path, False, reference)
         if verdict.valid or blocking_kind(verdict) is not None:
             # Complete (or not ours to judge): never removed; the choice decides.
@@ -213,8 +235,9 @@ def _choose_in_order(
     candidates: Sequence[Candidate], check: Check, *, deep: bool, strict_reason: str = ""
 ) -> Choice:
     rejected: list[Rejection] = []
+    sizes = ReferenceSizes(candidates)
     for candidate in candidates:
-        verdict, level = _validate(candidate, candidates, check, deep)
+        verdict, level = _validate(candidate, sizes, check, deep)
         if verdict.valid:
             notes = _newer_elsewhere(candidate, verdict, candidates, strict_reason)
             return Choice(candidate, verdict, tuple(rejected), tuple(notes))
@@ -225,10 +248,8 @@ def _choose_in_order(
     return Choice(None, None, tuple(rejected))
 
 
-def _validate(
-    candidate: Candidate, candidates: Sequence[Candidate], check: Check, deep: bool
-) -> tuple[Verdict, str]:
-    reference = reference_size(candidate, candidates)
+def _validate(candidate: Candidate, sizes: ReferenceSizes, check: Check, deep: bool) -> tuple[Verdict, str]:
+    reference = sizes.of(candidate)
     verdict = check(candidate.path, False, reference)
     if verdict.valid and deep:
         return check(candidate.path, True, reference), "deep"
@@ -241,8 +262,9 @@ def _choose_newest(candidates: Sequence[Candidate], check: Check, *, deep: bool)
     rejected: list[Rejection] = []
     passed: list[tuple[int, Candidate, Verdict]] = []  # (position, candidate, quick verdict)
     incompatible: list[tuple[int, Rejection]] = []
+    sizes = ReferenceSizes(candidates)
     for position, candidate in enumerate(training):
-        verdict = check(candidate.path, False, reference_size(candidate, candidates))
+        verdict = check(candidate.path, False, sizes.of(candidate))
         kind = blocking_kind(verdict)
         if verdict.valid:
             passed.append((position, candidate, verdict))
@@ -263,7 +285,7 @@ def _choose_newest(candidates: Sequence[Candidate], check: Check, *, deep: bool)
             return Choice(None, None, tuple(rejected), blocker=entry)
         verdict = quick
         if deep:
-            verdict = check(entry.path, True, reference_size(entry, candidates))
+            verdict = check(entry.path, True, sizes.of(entry))
         if verdict.valid:
             notes = [
                 f"{r.candidate.path} is for a different model ({r.verdict.cause}); left in place"

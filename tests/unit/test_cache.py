@@ -108,3 +108,42 @@ def test_save_is_atomic_and_failures_are_warnings(tmp_path: Path, templates: dic
     cached(validate_file, blocked)(ckpt)
     warning = blocked.save()
     assert warning is not None and "not written" in warning
+
+
+def test_the_cache_keeps_every_file_of_a_large_folder_for_the_next_run(tmp_path: Path) -> None:
+    files = []
+    for number in range(1, 1201):  # more than any fixed entry count would keep
+        path = tmp_path / "output" / f"model_{number}.pt"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"PK\x03\x04" + number.to_bytes(4, "little") * 64)  # cut off: invalid, quickly
+        files.append(path)
+    cache_path = tmp_path / "preflight" / CACHE_FILE_NAME
+    first = CountingValidator()
+    run_cache = VerdictCache.load(cache_path)
+    check = cached(first, run_cache)
+    verdicts = [check(path) for path in files]
+    assert len(first.calls) == len(files) and run_cache.save() is None
+    second = CountingValidator()
+    again = cached(second, VerdictCache.load(cache_path))
+    assert [again(path) for path in files] == verdicts
+    assert second.calls == []  # every file answered from the cache
+
+
+def test_entries_of_files_no_longer_asked_about_are_bounded(tmp_path: Path) -> None:
+    from entrypoint.checkpoints.cache import MAX_UNUSED_ENTRIES
+
+    cache_path = tmp_path / CACHE_FILE_NAME
+    cache = VerdictCache.load(cache_path)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    for number in range(MAX_UNUSED_ENTRIES + 100):
+        path = gone / f"model_{number}.pt"
+        path.write_bytes(b"x")
+        cached(validate_file, cache)(path)
+    assert cache.save() is None
+    current = tmp_path / "model_last.pt"
+    current.write_bytes(b"y")
+    later = VerdictCache.load(cache_path)  # a later run that sees only one file
+    cached(validate_file, later)(current)
+    assert later.save() is None
+    assert len(VerdictCache.load(cache_path).entries) == MAX_UNUSED_ENTRIES + 1

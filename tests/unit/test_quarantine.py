@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import entrypoint
+import entrypoint.checkpoints.quarantine as quarantine_module
 from entrypoint.checkpoints.quarantine import (
     free_name,
     planned_destination,
@@ -17,6 +19,7 @@ from entrypoint.checkpoints.quarantine import (
     quarantine_destination,
     rename_no_replace,
 )
+from tests.mounts import bind_mount
 
 
 def _sha(path: Path) -> str:
@@ -171,3 +174,53 @@ def test_a_move_into_quarantine_dir_says_so(tmp_path: Path) -> None:
     result = quarantine(_bad_file(tmp_path), "bad", "structure", quarantine_dir=folder)
     assert result.error is None and result.into_quarantine_dir and result.note == ""
     assert result.moved_to == folder / "model_last.pt.corrupted"
+
+
+@pytest.fixture
+def bound_quarantine(tmp_path: Path) -> Iterator[Path]:
+    """QUARANTINE_DIR as Compose makes it from its own volume line: a bind mount of a folder on the same disk."""
+    with bind_mount(tmp_path / "quarantine-on-disk", tmp_path / "quarantine") as mount_point:
+        yield mount_point
+
+
+def test_quarantine_dir_bind_mounted_from_the_same_disk_falls_back_in_place(
+    tmp_path: Path, bound_quarantine: Path
+) -> None:
+    output = tmp_path / "output"
+    output.mkdir()
+    bad = _bad_file(output)
+    digest = _sha(bad)
+    assert bad.stat().st_dev == bound_quarantine.stat().st_dev  # the same-file-system test cannot tell
+    folder, note = quarantine_destination(bad, bound_quarantine)
+    assert folder == output and "separate mount" in note and "renamed in place" in note
+    planned, _note = planned_destination(bad, bound_quarantine)
+    assert planned == output / "model_last.pt.corrupted"
+    result = quarantine(bad, "bad", "structure", quarantine_dir=bound_quarantine)
+    assert result.error is None and result.moved_to == output / "model_last.pt.corrupted"
+    assert _sha(result.moved_to) == digest and result.reason_file is not None and result.reason_file.exists()
+    assert "separate mount" in result.note and not bad.exists()
+
+
+def test_exdev_at_rename_time_falls_back_in_place(
+    tmp_path: Path, bound_quarantine: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without /proc (a container that does not mount it) the mount cannot be seen beforehand: the rename's
+    # EXDEV is then the signal.
+    monkeypatch.setattr(quarantine_module, "MOUNTINFO", tmp_path / "no-proc" / "mountinfo")
+    output = tmp_path / "output"
+    output.mkdir()
+    bad = _bad_file(output)
+    folder, note = quarantine_destination(bad, bound_quarantine)
+    assert folder == bound_quarantine and note == ""
+    result = quarantine(bad, "bad", "structure", quarantine_dir=bound_quarantine)
+    assert result.error is None and result.moved_to == output / "model_last.pt.corrupted"
+    assert "separate mount" in result.note and not result.into_quarantine_dir
+    assert result.reason_file is not None and json.loads(result.reason_file.read_text())["cause"] == "bad"
+
+
+def test_a_folder_inside_the_same_bind_mount_is_used(tmp_path: Path, bound_quarantine: Path) -> None:
+    bad = _bad_file(bound_quarantine)
+    inside = bound_quarantine / "quarantine"
+    inside.mkdir()
+    result = quarantine(bad, "bad", "structure", quarantine_dir=inside)
+    assert result.moved_to == inside / "model_last.pt.corrupted" and result.note == ""
