@@ -11,10 +11,8 @@ cache between test runs under their tags, so a second run rebuilds only what cha
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,9 +41,6 @@ CHECKOUT_FILES = (
     "Makefile",
     ".env.example",
 )
-# Where the machine's certificate authorities go in the test base image: a file no Debian package
-# rewrites, so package downloads through an intercepting proxy keep working after apt-get installs.
-BASE_CA_BUNDLE = "/etc/ssl/host-ca-bundle.crt"
 
 
 def docker(
@@ -59,21 +54,6 @@ def docker(
             f"docker {' '.join(args[:3])} ... exited {done.returncode}:\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
         )
     return done
-
-
-def debian_mirror() -> str:
-    """The machine's own Debian mirror (deb822 or one-line sources), else deb.debian.org."""
-    deb822 = Path("/etc/apt/sources.list.d/debian.sources")
-    if deb822.is_file():
-        match = re.search(r"^URIs:\s*(\S+)", deb822.read_text(), re.MULTILINE)
-        if match:
-            return match.group(1)
-    one_line = Path("/etc/apt/sources.list")
-    if one_line.is_file():
-        match = re.search(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+bookworm\s", one_line.read_text(), re.MULTILINE)
-        if match:
-            return match.group(1)
-    return "http://deb.debian.org/debian"
 
 
 @pytest.fixture(scope="session")
@@ -94,36 +74,19 @@ def engine() -> None:
 @pytest.fixture(scope="session")
 def base_image(engine: None) -> str:
     """A Debian bookworm image with python3, python3-venv, ca-certificates and the machine's certificate
-    authorities for pip, imported from a debootstrap tree (no registry is needed)."""
+    authorities for pip, imported from a debootstrap tree (scripts/make-local-base-image.sh)."""
     if docker("image", "inspect", BASE_TAG, check=False).returncode == 0:
         return BASE_TAG
     if shutil.which("debootstrap") is None:
         pytest.skip("debootstrap is not installed: cannot make a base image without a registry")
-    with tempfile.TemporaryDirectory(prefix="f5tts-rootfs-") as folder:
-        rootfs = Path(folder) / "rootfs"
-        done = subprocess.run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                "--include=python3,python3-venv,ca-certificates",
-                "bookworm",
-                str(rootfs),
-                debian_mirror(),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-        assert done.returncode == 0, f"debootstrap failed (exit {done.returncode}): {done.stderr[-2000:]}"
-        host_bundle = Path("/etc/ssl/certs/ca-certificates.crt")
-        if host_bundle.is_file():
-            shutil.copy2(host_bundle, rootfs / BASE_CA_BUNDLE.lstrip("/"))
-            (rootfs / "etc" / "pip.conf").write_text(f"[global]\ncert = {BASE_CA_BUNDLE}\n")
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        imported = subprocess.run(["docker", "import", "-", BASE_TAG], stdin=tar.stdout, capture_output=True)
-        tar.wait()
-        assert imported.returncode == 0, f"docker import failed: {imported.stderr.decode()[-2000:]}"
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "make-local-base-image.sh"), BASE_TAG],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, f"no local base image (exit {done.returncode}): {done.stderr[-2000:]}"
     return BASE_TAG
 
 
