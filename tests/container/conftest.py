@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,9 @@ BASE_TAG = "localhost/f5tts-test-base:bookworm"
 SLIM_TAG = "localhost/f5tts-train:slim-test"
 FULL_TAG = "localhost/f5tts-train:full-test"
 APP_UID = 1000
+_PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+# What the slim image installs: the preflight's pinned dependencies and what builds the project.
+SLIM_PINS = (*_PYPROJECT["project"]["dependencies"], *_PYPROJECT["build-system"]["requires"])
 # compose.yaml asks for an unlimited memlock; hosts that cannot raise it (like the test machines) refuse the
 # container with "error setting rlimit type 8: operation not permitted". 8 MiB is what they allow.
 TEST_MEMLOCK = 8388608
@@ -101,18 +106,41 @@ def compose_command(project: Path, *args: str, timeout: float = 600) -> subproce
 
 @pytest.fixture(scope="session")
 def slim_image(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The Dockerfile's slim target (the preflight alone), built by Compose from the project folder."""
-    folder = tmp_path_factory.mktemp("slim-build")
-    (folder / "compose.yaml").write_text(
+    """The Dockerfile's slim target (the preflight alone) built by Compose the air-gapped way: every wheel
+    from a wheelhouse in the build context (WHEELHOUSE=wheelhouse), and no network in the build."""
+    context = copy_checkout(tmp_path_factory.mktemp("slim-build") / "f5tts")
+    download = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--dest",
+            str(context / "wheelhouse"),
+            *SLIM_PINS,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert download.returncode == 0, f"cannot fill the wheelhouse: {download.stderr.strip()[-2000:]}"
+    (context / "compose.slim.yaml").write_text(
         json.dumps(
             {
                 "services": {
                     "slim": {
                         "build": {
-                            "context": str(ROOT),
+                            "context": ".",
                             "dockerfile": "docker/Dockerfile",
                             "target": "slim",
-                            "args": {"BASE_IMAGE": base_image, "APP_UID": str(APP_UID)},
+                            "network": "none",
+                            "args": {
+                                "BASE_IMAGE": base_image,
+                                "WHEELHOUSE": "wheelhouse",
+                                "APP_UID": str(APP_UID),
+                            },
                         },
                         "image": SLIM_TAG,
                     }
@@ -120,7 +148,9 @@ def slim_image(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> str
             }
         )
     )
-    done = compose_command(folder, "build", "slim", timeout=900)
+    done = docker(
+        "compose", "-f", "compose.slim.yaml", "build", "slim", timeout=900, check=False, cwd=context
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return SLIM_TAG
 

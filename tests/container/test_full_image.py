@@ -16,6 +16,8 @@ pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.trainer]
 DEPENDENCY_STEP = "pip install -r /tmp/requirements/requirements-trainer.txt"
 
 
+# The first test to ask for the image builds it: cold, that downloads the trainer stack.
+@pytest.mark.timeout(3600)
 def test_imports_and_ffmpeg_in_the_image(full_image: BuildFacts) -> None:
     probe = (
         "import torch, torchaudio, torchcodec, f5_tts, json, shutil; "

@@ -165,6 +165,8 @@ def project(user_project: UserProject, full_image: BuildFacts) -> UserProject:
     return user_project
 
 
+# The first test to ask for the image builds it: cold, that downloads the trainer stack.
+@pytest.mark.timeout(3600)
 def test_build_prepare_preflight_train_stop_resume_and_recover(project: UserProject) -> None:
     train = TrainService(project)
     prepare_dataset(project, FULL_TAG)
