@@ -1,21 +1,22 @@
-"""Real containers with podman (no Docker engine is needed): a locally bootstrapped Debian base image, the
-project's Dockerfile built on it from a wheelhouse prepared on the host, and helpers to run it with the
-limits a training container gets (CPU quota, small /dev/shm, non-root user).
+"""Real containers with the users' own tools, Docker Engine and Docker Compose v2: a locally bootstrapped
+Debian base image (no registry is needed), the project's Dockerfile built on it by BuildKit's built-in
+frontend, and helpers to run it with the limits a training container gets.
 
-Every test here is skipped, with the reason, where podman cannot run containers. The base image is cached
-between test runs under its tag; `podman rmi localhost/f5tts-test-base:bookworm` forces a new one.
+`make test` starts a Docker daemon when none runs (scripts/docker-engine.sh). Every test here is skipped,
+with the reason, where no daemon answers. The base image and the images built from it stay in Docker's
+cache between test runs under their tags, so a second run rebuilds only what changed;
+`docker rmi localhost/f5tts-test-base:bookworm` forces a new base.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,147 +28,247 @@ BASE_TAG = "localhost/f5tts-test-base:bookworm"
 SLIM_TAG = "localhost/f5tts-train:slim-test"
 FULL_TAG = "localhost/f5tts-train:full-test"
 APP_UID = 1000
-# Needed on hosts like the CI machines: crun refuses their hybrid cgroup layout, and raising resource
-# limits above the host's is not permitted.
-RUNTIME_ARGS = ("--runtime", "runc")
-LIMIT_ARGS = ("--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096")
-_PYPROJECT = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+_PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # What the slim image installs: the preflight's pinned dependencies and what builds the project.
-PREFLIGHT_PINS = (*_PYPROJECT["project"]["dependencies"], *_PYPROJECT["build-system"]["requires"])
-CONTEXT_FILES = ("pyproject.toml", "README.md", "entrypoint", "docker", ".dockerignore")
+SLIM_PINS = (*_PYPROJECT["project"]["dependencies"], *_PYPROJECT["build-system"]["requires"])
+# compose.yaml asks for an unlimited memlock; hosts that cannot raise it (like the test machines) refuse the
+# container with "error setting rlimit type 8: operation not permitted". 8 MiB is what they allow.
+TEST_MEMLOCK = 8388608
+# What a user's checkout holds for building and running the image.
+CHECKOUT_FILES = (
+    "pyproject.toml",
+    "README.md",
+    "entrypoint",
+    "docker",
+    ".dockerignore",
+    "compose.yaml",
+    "compose.cpu.yaml",
+    "Makefile",
+    ".env.example",
+)
 
 
-def podman(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout, check=False)
+def docker(
+    *args: str, timeout: float = 600, check: bool = True, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd
+    )
     if check and done.returncode != 0:
         raise AssertionError(
-            f"podman {' '.join(args[:3])} ... exited {done.returncode}:\n{done.stderr[-3000:]}"
+            f"docker {' '.join(args[:3])} ... exited {done.returncode}:\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
         )
     return done
 
 
-def debian_mirror() -> str:
-    """The machine's own Debian mirror (deb822 or one-line sources), else deb.debian.org."""
-    deb822 = Path("/etc/apt/sources.list.d/debian.sources")
-    if deb822.is_file():
-        match = re.search(r"^URIs:\s*(\S+)", deb822.read_text(), re.MULTILINE)
-        if match:
-            return match.group(1)
-    one_line = Path("/etc/apt/sources.list")
-    if one_line.is_file():
-        match = re.search(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+bookworm\s", one_line.read_text(), re.MULTILINE)
-        if match:
-            return match.group(1)
-    return "http://deb.debian.org/debian"
+@pytest.fixture(scope="session")
+def engine() -> None:
+    """A Docker daemon that answers and the Compose v2 plugin."""
+    if shutil.which("docker") is None:
+        pytest.skip("the docker client is not installed (scripts/install-system-deps.sh installs docker.io)")
+    info = docker("info", "--format", "{{.ServerVersion}}", check=False, timeout=60)
+    if info.returncode != 0:
+        pytest.skip(f"no Docker daemon answers (make test starts one as root): {info.stderr.strip()[-300:]}")
+    version = docker("compose", "version", "--short", check=False, timeout=60)
+    if version.returncode != 0 or not version.stdout.strip().startswith("2."):
+        pytest.skip(
+            "Docker Compose v2 is not installed as a CLI plugin (scripts/docker-engine.sh installs it)"
+        )
 
 
 @pytest.fixture(scope="session")
-def base_image(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A Debian bookworm image with python3, python3-venv and ca-certificates (no registry is needed)."""
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed (scripts/install-system-deps.sh installs it)")
-    if podman("image", "exists", BASE_TAG, check=False).returncode != 0:
-        if shutil.which("debootstrap") is None:
-            pytest.skip("debootstrap is not installed: cannot make a base image without a registry")
-        rootfs = tmp_path_factory.mktemp("rootfs")
-        done = subprocess.run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                "--include=python3,python3-venv,ca-certificates",
-                "bookworm",
-                str(rootfs),
-                debian_mirror(),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-        if done.returncode != 0:
-            pytest.skip(
-                f"debootstrap could not build a base image (exit {done.returncode}): {done.stderr[-300:]}"
-            )
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        imported = subprocess.run(["podman", "import", "-", BASE_TAG], stdin=tar.stdout, capture_output=True)
-        tar.wait()
-        shutil.rmtree(rootfs, ignore_errors=True)
-        if imported.returncode != 0:
-            pytest.skip(f"podman import failed: {imported.stderr.decode()[-300:]}")
-    probe = podman("run", "--rm", *RUNTIME_ARGS, *LIMIT_ARGS, BASE_TAG, "true", check=False, timeout=120)
-    if probe.returncode != 0:
-        pytest.skip(f"podman cannot run containers here: {probe.stderr.strip()[-300:]}")
+def base_image(engine: None) -> str:
+    """A Debian bookworm image with python3, python3-venv, ca-certificates and the machine's certificate
+    authorities for pip, imported from a debootstrap tree (scripts/make-local-base-image.sh)."""
+    if docker("image", "inspect", BASE_TAG, check=False).returncode == 0:
+        return BASE_TAG
+    if shutil.which("debootstrap") is None:
+        pytest.skip("debootstrap is not installed: cannot make a base image without a registry")
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "make-local-base-image.sh"), BASE_TAG],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, f"no local base image (exit {done.returncode}): {done.stderr[-2000:]}"
     return BASE_TAG
 
 
-def build_context(folder: Path, requirements: Sequence[str]) -> Path:
-    """The project's build context plus a wheelhouse of `requirements` downloaded on the host, so the
-    build itself needs no network (the air-gapped path of the Dockerfile)."""
-    for name in CONTEXT_FILES:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        elif source.is_file():
-            shutil.copy2(source, folder / name)
-    if not (folder / "README.md").exists():
-        (folder / "README.md").write_text("F5-TTS fine-tuning container\n")
-    wheelhouse = folder / "wheelhouse"
-    wheelhouse.mkdir()
-    download = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(wheelhouse), *requirements],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    if download.returncode != 0:
-        pytest.skip(f"cannot fill the wheelhouse from the package index: {download.stderr.strip()[-300:]}")
-    return folder
+def write_env(path: Path, values: dict[str, str]) -> None:
+    path.write_text("".join(f"{key}={value}\n" for key, value in values.items()), encoding="utf-8")
 
 
-def _build(context: Path, base: str, target: str, tag: str, timeout: float) -> None:
-    podman(
-        "build",
-        *RUNTIME_ARGS,
-        *LIMIT_ARGS,
-        "--file",
-        str(context / "docker" / "Dockerfile"),
-        "--target",
-        target,
-        "--build-arg",
-        f"BASE_IMAGE={base}",
-        "--build-arg",
-        "WHEELHOUSE=wheelhouse",
-        "--build-arg",
-        f"APP_UID={APP_UID}",
-        "--build-arg",
-        f"APP_GID={APP_UID}",
-        "--tag",
-        tag,
-        str(context),
-        timeout=timeout,
-    )
+def compose_command(project: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`docker compose ARGS` in `project`, as a user runs it from their checkout."""
+    return docker("compose", *args, timeout=timeout, check=False, cwd=project)
 
 
 @pytest.fixture(scope="session")
 def slim_image(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    context = build_context(tmp_path_factory.mktemp("context-slim"), PREFLIGHT_PINS)
-    build_image(context, base_image, "slim", SLIM_TAG)
+    """The Dockerfile's slim target (the preflight alone) built by Compose the air-gapped way: every wheel
+    from a wheelhouse in the build context (WHEELHOUSE=wheelhouse), and no network in the build."""
+    context = copy_checkout(tmp_path_factory.mktemp("slim-build") / "f5tts")
+    download = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--dest",
+            str(context / "wheelhouse"),
+            *SLIM_PINS,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert download.returncode == 0, f"cannot fill the wheelhouse: {download.stderr.strip()[-2000:]}"
+    (context / "compose.slim.yaml").write_text(
+        json.dumps(
+            {
+                "services": {
+                    "slim": {
+                        "build": {
+                            "context": ".",
+                            "dockerfile": "docker/Dockerfile",
+                            "target": "slim",
+                            "network": "none",
+                            "args": {
+                                "BASE_IMAGE": base_image,
+                                "WHEELHOUSE": "wheelhouse",
+                                "APP_UID": str(APP_UID),
+                            },
+                        },
+                        "image": SLIM_TAG,
+                    }
+                }
+            }
+        )
+    )
+    done = docker(
+        "compose", "-f", "compose.slim.yaml", "build", "slim", timeout=900, check=False, cwd=context
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return SLIM_TAG
 
 
-def image_id(tag: str) -> str | None:
-    done = podman("image", "inspect", "--format", "{{.Id}}", tag, check=False)
-    return done.stdout.strip() if done.returncode == 0 else None
+def machine_override(base_image: str) -> str:
+    """What this machine lacks, and only that: a local base image and a memlock limit it can grant. The
+    1.5-CPU limit is what a user adds to share a machine; it makes the CPU quota visible to the preflight."""
+    return f"""# Test machine only: a local base image (no registry) and the memlock limit the host allows.
+services:
+  train:
+    build:
+      args:
+        BASE_IMAGE: {base_image}
+    cpus: 1.5
+    ulimits:
+      memlock: {TEST_MEMLOCK}
+  preflight:
+    cpus: 1.5
+    ulimits:
+      memlock: {TEST_MEMLOCK}
+"""
 
 
-def build_image(context: Path, base: str, target: str, tag: str, timeout: float = 600) -> None:
-    """Build `target` as `tag`; the image the tag named before is removed, so test runs do not pile up
-    untagged images."""
-    previous = image_id(tag)
-    _build(context, base, target, tag, timeout)
-    if previous is not None and previous != image_id(tag):
-        podman("rmi", previous, check=False)
+@dataclass
+class UserProject:
+    """A copy of the checkout a user works in, with its .env and data folders."""
+
+    root: Path
+    settings: dict[str, str]
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def output(self) -> Path:
+        return self.data / "output"
+
+    @property
+    def backups(self) -> Path:
+        return self.data / "backups"
+
+    @property
+    def dataset(self) -> Path:
+        return self.data / "dataset"
+
+    @property
+    def logs(self) -> Path:
+        return self.data / "logs"
+
+    def write_env(self, **overrides: str) -> None:
+        write_env(self.root / ".env", {**self.settings, **overrides})
+
+    def compose(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return compose_command(self.root, *args, timeout=timeout)
+
+
+def copy_checkout(target: Path) -> Path:
+    target.mkdir(parents=True, exist_ok=True)
+    for name in CHECKOUT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, target / name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def user_project(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserProject]:
+    """The checkout with a .env selecting compose.yaml + compose.cpu.yaml + the test override, and data
+    folders owned by APP_UID (created first: compose.yaml refuses to create missing host folders)."""
+    root = copy_checkout(tmp_path_factory.mktemp("checkout") / "f5tts")
+    (root / "compose.test.yaml").write_text(machine_override(base_image))
+    settings = {
+        "COMPOSE_FILE": "compose.yaml:compose.cpu.yaml:compose.test.yaml",
+        "TRAIN_IMAGE": FULL_TAG,
+        # Host paths, as .env.example has them; compose.yaml mounts them and pins the container's own.
+        "OUTPUT_DIR": "data/output",
+        "BACKUP_DIR": "data/backups",
+        "DATASET_DIR": "data/dataset",
+        "LOG_DIR": "data/logs",
+        "PRETRAINED_DIR": "data/pretrained",
+        "APP_UID": str(APP_UID),
+        "APP_GID": str(APP_UID),
+    }
+    project = UserProject(root, settings)
+    for folder in (
+        project.output,
+        project.backups,
+        project.dataset,
+        project.logs,
+        project.data / "pretrained",
+    ):
+        folder.mkdir(parents=True)
+    subprocess.run(["chown", "-R", f"{APP_UID}:{APP_UID}", str(project.data)], check=True)
+    project.write_env()
+    yield project
+    project.compose("down", "--timeout", "10")
+
+
+@dataclass
+class BuildFacts:
+    tag: str
+    seconds: float
+    output: str
+
+
+@pytest.fixture(scope="session")
+def full_image(user_project: UserProject) -> BuildFacts:
+    """`docker compose build train` in the user's checkout: once per test run, on Docker's layer cache
+    (a cold build downloads torch and F5-TTS, about 10 minutes; a cached one takes seconds)."""
+    started = time.monotonic()
+    done = user_project.compose("build", "train", timeout=3000)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    print(f"\nfull image: docker compose build train took {elapsed:.0f} s")
+    return BuildFacts(FULL_TAG, elapsed, done.stdout + done.stderr)
 
 
 @dataclass
@@ -272,13 +373,30 @@ while True:
 """
 
 
+def container_running(container: str) -> bool:
+    return (
+        docker("inspect", "--format", "{{.State.Running}}", container, check=False).stdout.strip() == "true"
+    )
+
+
+def wait_until(
+    condition: Callable[[], bool], what: str, timeout_s: float, on_timeout: Callable[[], str] = lambda: ""
+) -> None:
+    """Poll `condition` until it holds; fail naming `what` (and whatever `on_timeout` adds) after
+    `timeout_s`. A deadline on an observable condition, not a sleep standing in for one."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not seen within {timeout_s:.0f} s\n{on_timeout()}")
+        time.sleep(0.25)
+
+
 def wait_for_file(path: Path, container: str, timeout_s: float = 90) -> None:
     """Wait for `path` to appear, failing early with the logs when the container has exited."""
     deadline = time.monotonic() + timeout_s
     while not path.exists():
-        state = podman("inspect", "--format", "{{.State.Running}}", container, check=False).stdout.strip()
-        if state == "false" and not path.exists():
-            logs = podman("logs", container, check=False)
+        if not container_running(container) and not path.exists():
+            logs = docker("logs", container, check=False)
             pytest.fail(
                 f"the container exited before writing {path.name}:\n{logs.stdout[-2000:]}{logs.stderr[-2000:]}"
             )

@@ -1,7 +1,7 @@
 """The slim image (preflight only) in a real container with a 1.5-CPU quota, a 64 MB /dev/shm and mounted
 output/backups: the report follows the quota, warns about shared memory, quarantines the truncated
 checkpoint on the mounted volume without changing a byte, chooses the valid one, and the exec'd command runs
-as the image's non-root user and receives `podman stop`'s SIGTERM itself."""
+as the image's non-root user and receives `docker stop`'s SIGTERM itself."""
 
 from __future__ import annotations
 
@@ -15,15 +15,13 @@ import pytest
 
 from tests.container.conftest import (
     APP_UID,
-    LIMIT_ARGS,
     PROBE,
-    RUNTIME_ARGS,
     TRUNCATED_UPDATE,
     VALID_UPDATE,
     Mounts,
     container_env,
+    docker,
     first_json,
-    podman,
     volume_args,
     wait_for_file,
 )
@@ -36,13 +34,11 @@ def run_probe(image: str, mounts: Mounts, extra: list[str]) -> tuple[dict[str, A
     name = f"f5tts-test-{uuid.uuid4().hex[:8]}"
     env_args = [arg for key, value in container_env(mounts).items() for arg in ("--env", f"{key}={value}")]
     try:
-        podman(
+        docker(
             "run",
             "--detach",
             "--name",
             name,
-            *RUNTIME_ARGS,
-            *LIMIT_ARGS,
             *extra,
             *volume_args(mounts),
             *env_args,
@@ -54,12 +50,12 @@ def run_probe(image: str, mounts: Mounts, extra: list[str]) -> tuple[dict[str, A
             PROBE,
         )
         wait_for_file(mounts.output / "probe.json", name)
-        podman("stop", "--time", "30", name)
-        exit_code = int(podman("wait", name).stdout.strip())
-        logs = podman("logs", name).stdout
+        docker("stop", "--time", "30", name)
+        exit_code = int(docker("wait", name).stdout.strip())
+        logs = docker("logs", name).stdout
         return first_json(logs), exit_code, logs
     finally:
-        podman("rm", "--force", name, check=False)
+        docker("rm", "--force", name, check=False)
 
 
 def test_preflight_in_a_limited_container(slim_image: str, mounts: Mounts) -> None:
@@ -97,7 +93,7 @@ def test_preflight_in_a_limited_container(slim_image: str, mounts: Mounts) -> No
     assert on_disk["checkpoint"] == report["checkpoint"] and on_disk["cpu"] == report["cpu"]
 
     # The exec'd command is PID 1 itself (the preflight replaced itself), runs as the non-root user, and
-    # `podman stop` delivered SIGTERM (15) to it: it exited 0 from its handler instead of being killed.
+    # `docker stop` delivered SIGTERM (15) to it: it exited 0 from its handler instead of being killed.
     probe = json.loads((mounts.output / "probe.json").read_text())
     assert probe["pid"] == 1, probe
     assert probe["uid"] == APP_UID and probe["gid"] == APP_UID
@@ -121,11 +117,9 @@ def test_with_an_init_process_the_signal_is_forwarded(slim_image: str, mounts: M
 def test_a_configuration_error_exits_2_with_one_line(slim_image: str, mounts: Mounts) -> None:
     done = subprocess.run(
         [
-            "podman",
+            "docker",
             "run",
             "--rm",
-            *RUNTIME_ARGS,
-            *LIMIT_ARGS,
             *volume_args(mounts),
             "--env",
             "MODEL_PRESET=F5TTS_Huge",
