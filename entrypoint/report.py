@@ -7,6 +7,7 @@ quarantined, trainer. Every string passes the redactor, so no secret reaches a r
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -103,45 +104,61 @@ def redact_tree(value: Any, redact: Redactor) -> Any:
     return value
 
 
+TERMINAL_WIDTH = 100
+_ORDER = {FAIL: 0, WARN: 1}
+
+
+def _wrapped(text: str, first: str, rest: str) -> list[str]:
+    """`text` in lines of at most TERMINAL_WIDTH columns (a path longer than that stays whole)."""
+    return textwrap.wrap(
+        text, TERMINAL_WIDTH, initial_indent=first, subsequent_indent=rest, break_long_words=False
+    ) or [first.rstrip()]
+
+
 def render_text(report: dict[str, Any]) -> str:
+    """The report for a terminal: failures first, then warnings, then the rest; lines of at most 100 columns;
+    the last line is the one next step to take."""
     lines = [f"F5-TTS preflight {report['version']} ({report['mode']})"]
     width = max((len(check["name"]) for check in report["checks"]), default=10)
-    for check in report["checks"]:
-        lines.append(f"  {check['status'].upper():<4}  {check['name']:<{width}}  {check['message']}")
+    indent = " " * (width + 10)
+    for check in sorted(report["checks"], key=lambda c: _ORDER.get(c["status"], 2)):
+        head = f"  {check['status'].upper():<4}  {check['name']:<{width}}  "
+        lines += _wrapped(check["message"], head, indent)
         if check["fix"] and check["status"] in (WARN, FAIL):
-            lines.append(f"  {'':<4}  {'':<{width}}  fix: {check['fix']}")
+            lines += _wrapped(f"fix: {check['fix']}", indent, indent + "     ")
     for item in report["quarantined"]:
         if item["moved_to"]:
             verb = "moved aside (valid, older)" if item["superseded"] else "quarantined"
-            lines.append(f"  {verb} {item['path']} -> {item['moved_to']}: {item['cause']}")
+            text = f"{verb} {item['path']} -> {item['moved_to']}: {item['cause']}"
         else:
             dry = "would move aside (valid, older)" if item["superseded"] else "would quarantine"
-            lines.append(
-                f"  {dry if item['error'] == 'dry run' else 'NOT quarantined'} "
-                f"{item['path']}: {item['cause']}"
-                + (f" ({item['error']})" if item["error"] and item["error"] != "dry run" else "")
+            text = (
+                f"{dry if item['error'] == 'dry run' else 'NOT quarantined'} {item['path']}: {item['cause']}"
             )
+            text += f" ({item['error']})" if item["error"] and item["error"] != "dry run" else ""
+        lines += _wrapped(text, "  ", "    ")
     for problem in report["checkpoint"]["problems"]:
-        lines.append(f"  checkpoint: {problem}")
+        lines += _wrapped(f"checkpoint: {problem}", "  ", "    ")
     for note in report["notes"]:
-        lines.append(f"  note: {note}")
+        lines += _wrapped(f"note: {note}", "  ", "    ")
     for action in report["actions"]:
         if action["what"] in ("quarantine", "move-aside"):
             continue  # listed above, with their causes
         line = _describe_action(action)
         if "done" not in action:
-            lines.append(f"  will: {line}")
+            text = f"will: {line}"
         elif action["done"]:
-            lines.append(f"  done: {line}")
+            text = f"done: {line}"
         else:
-            lines.append(f"  NOT done: {line} ({action['error']})")
+            text = f"NOT done: {line} ({action['error']})"
+        lines += _wrapped(text, "  ", "    ")
     checkpoint = report["checkpoint"]
     if checkpoint["chosen"]:
         update = "" if checkpoint["update"] is None else f" at update {checkpoint['update']}"
-        lines.append(f"  load: {checkpoint['chosen']} ({checkpoint['kind']}{update})")
+        lines += _wrapped(f"load: {checkpoint['chosen']} ({checkpoint['kind']}{update})", "  ", "    ")
     else:
         lines.append(f"  load: nothing ({checkpoint['kind']})")
-    lines.append("  trainer: " + " ".join(report["trainer"]["argv"]))
+    lines += _wrapped("trainer: " + " ".join(report["trainer"]["argv"]), "  ", "    ")
     fails = sum(check["status"] == FAIL for check in report["checks"])
     warns = sum(check["status"] == WARN for check in report["checks"])
     verdict = {"ok": "ready", "warn": "ready, with warnings", "fail": "NOT ready: training would fail"}
@@ -149,7 +166,19 @@ def render_text(report: dict[str, Any]) -> str:
         f"summary: {report['status'].upper()}: {verdict[report['status']]} "
         f"({fails} failed, {warns} warning(s), {len(report['checks'])} checks)"
     )
+    lines += _wrapped(f"next: {next_step(report)}", "", "      ")
     return "\n".join(lines)
+
+
+def next_step(report: dict[str, Any]) -> str:
+    """The one thing to do now: fix the first failure, or start (follow) the training."""
+    failed = [check for check in report["checks"] if check["status"] == FAIL]
+    if failed:
+        first = failed[0]
+        return f"{first['name']}: {first['fix'] or first['message']}"
+    if report["mode"] == "check":
+        return "start training: `docker compose up train` (or `preflight run` here)"
+    return "training starts now; follow it with `make logs` (or tail -f LOG_DIR/training.log)"
 
 
 def _describe_action(action: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""The README's table of variables and the text of .env.example, both made from the settings themselves
+"""The table of variables (docs/settings.md) and the text of .env.example, both made from the settings themselves
 (tests compare them with the files, so the documentation cannot drift from the code)."""
 
 from __future__ import annotations

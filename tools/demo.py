@@ -1,23 +1,31 @@
-"""`python -m tools.demo`: tiny real F5-TTS training on the CPU, twice, to show the resume.
+"""`make demo` (`python -m tools.demo`): the incident this project exists for, caught and repaired, on the CPU.
 
-Generates a few synthetic clips, prepares them with F5-TTS's own prepare_csv_wavs, writes a .env for the
-`tiny` model preset and runs `preflight run` with it twice: the first run trains from scratch, the second
-resumes from the model_last.pt the first one saved. Everything lands under data/demo/.
+Real F5-TTS training of the `tiny` preset on a few synthetic clips prepared with F5-TTS's own
+prepare_csv_wavs, driven by the real `preflight run`, step by step:
+1. train a few updates from scratch; 2. resume; 3. cut model_last.pt to a third, as the truncated copy of the
+original incident was cut: it is quarantined (bytes kept) and training resumes from the newest valid
+checkpoint; 4. `kill -9` the trainer while it writes a save: nothing is left corrupt; 5. ask for 16
+DataLoader workers inside a real 2-CPU cgroup quota (where this machine allows one): they are clamped.
+Everything lands under data/demo/.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 SAMPLE_RATE = 24_000
 _WORDS = ("hello", "world", "tiny", "voice", "model", "test", "sound", "check", "resume", "safe")
 _DONE = ".complete"
-FIRST_RUN_UPDATES = 4
-SECOND_RUN_UPDATES = 8
+CPU_HIERARCHY = Path("/sys/fs/cgroup/cpu")
+KILL_WAIT_S = 60
 
 
 def write_synthetic_wavs(folder: Path, clips: int = 8, seconds: float = 1.0, seed: int = 0) -> Path:
@@ -78,14 +86,14 @@ def tiny_cpu_settings(dataset: Path, run_dir: Path) -> dict[str, str]:
 
 
 def demo_settings(dataset: Path, run_dir: Path) -> dict[str, str]:
-    """The tiny CPU run with numbered saves and backups, stopping where the first run ends."""
+    """The tiny CPU run with numbered saves and backups."""
     return {
         **tiny_cpu_settings(dataset, run_dir),
         "SAVE_EVERY_UPDATES": "4",
         "KEEP_CHECKPOINTS": "2",
         "BACKUP_EVERY_UPDATES": "4",
         "BACKUP_KEEP": "2",
-        "MAX_UPDATES": str(FIRST_RUN_UPDATES),
+        "WAIT_TIMEOUT_S": "0",
     }
 
 
@@ -95,16 +103,175 @@ def write_env_file(path: Path, values: dict[str, str]) -> Path:
     return path
 
 
-def run_preflight(env_file: Path, overrides: dict[str, str]) -> int:
-    env = dict(os.environ, **overrides)
-    command = [sys.executable, "-m", "entrypoint", "run", "--env-file", str(env_file)]
-    return subprocess.run(command, env=env, check=False).returncode
+class Demo:
+    def __init__(self, root: Path, env_file: Path, run_dir: Path) -> None:
+        self.root = root
+        self.env_file = env_file
+        self.output = run_dir / "output"
+        self.backups = run_dir / "backups"
+        self.log = run_dir / "logs" / "training.log"
+        self.summary: list[tuple[str, str, str]] = []
+
+    def environment(self, **overrides: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFLIGHT_") and k != "ENV_FILE"}
+        env.update(PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1", **overrides)
+        return env
+
+    def preflight(self, command: str, **overrides: str) -> int:
+        argv = [sys.executable, "-m", "entrypoint", command, "--env-file", str(self.env_file)]
+        return subprocess.run(argv, env=self.environment(**overrides), check=False).returncode
+
+    def report(self) -> dict:
+        return json.loads((self.output / "preflight" / "report.json").read_text(encoding="utf-8"))
+
+
+def step(number: int, text: str) -> None:
+    print(f"\n== {number}. {text}", flush=True)
+
+
+def train_and_resume(demo: Demo) -> int:
+    step(1, "Train 4 updates of the tiny model from scratch: the preflight checks, then execs the trainer.")
+    if demo.preflight("run", MAX_UPDATES="4"):
+        return 1
+    demo.summary.append(
+        ("train from scratch", "4 updates, model_last.pt + model_4.pt + a backup", str(demo.output))
+    )
+    step(2, "Run again: the preflight picks the newest valid checkpoint and training resumes from it.")
+    if demo.preflight("run", MAX_UPDATES="8"):
+        return 1
+    report = demo.report()
+    demo.summary.append(
+        ("resume", f"resumed at update {report['checkpoint']['update']}, trained to 8", str(demo.output))
+    )
+    return 0
+
+
+def truncated_checkpoint(demo: Demo) -> int:
+    last = demo.output / "model_last.pt"
+    size = last.stat().st_size
+    # A new file holding the first third, as an interrupted copy leaves it (truncating in place would also
+    # cut the backup hard-linked to it).
+    cut = last.with_name("model_last.pt.copying")
+    cut.write_bytes(last.read_bytes()[: size // 3])
+    os.replace(cut, last)
+    step(
+        3,
+        f"The incident: model_last.pt cut to a third ({size // 3:,} of {size:,} bytes), as a killed copy cuts "
+        "it. Stock F5-TTS dies on it ('failed finding central directory'); the preflight quarantines it.",
+    )
+    if demo.preflight("run", MAX_UPDATES="10"):
+        return 1
+    report = demo.report()
+    moved = [q["moved_to"] for q in report["quarantined"] if q["moved_to"]]
+    demo.summary.append(
+        (
+            "model_last.pt truncated",
+            f"quarantined, bytes kept; resumed at update {report['checkpoint']['update']}",
+            moved[0] if moved else "(nothing moved)",
+        )
+    )
+    return 0
+
+
+def _partial_save_seen(folder: Path) -> str | None:
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(folder):
+            if entry.name.startswith(".model_") and ".partial-" in entry.name:
+                return entry.name
+    return None
+
+
+def kill_during_save(demo: Demo) -> int:
+    step(4, "kill -9 the trainer while it writes a save (a save after every update; killed mid-write).")
+    argv = [sys.executable, "-m", "entrypoint", "run", "--env-file", str(demo.env_file)]
+    env = demo.environment(MAX_UPDATES="100000", LAST_EVERY_UPDATES="1")
+    process = subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    caught, deadline = None, time.monotonic() + KILL_WAIT_S
+    while caught is None and process.poll() is None and time.monotonic() < deadline:
+        caught = _partial_save_seen(demo.output)  # polled as fast as possible to land inside a save
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    where = (
+        f"while {caught} was being written" if caught else "between two saves (no save was caught in flight)"
+    )
+    print(f"   killed {where}", flush=True)
+    print("   preflight validate --deep model_last.pt:", flush=True)
+    valid = subprocess.run(
+        [sys.executable, "-m", "entrypoint", "validate", "--deep", str(demo.output / "model_last.pt")],
+        env=demo.environment(),
+        check=False,
+    ).returncode
+    print("   preflight check (what the next start will do with what the kill left):", flush=True)
+    demo.preflight("check")
+    demo.summary.append(
+        (
+            "kill -9 during a save",
+            "model_last.pt valid" if valid == 0 else "model_last.pt INVALID",
+            str(demo.output),
+        )
+    )
+    return 0 if valid == 0 else 1
+
+
+@contextlib.contextmanager
+def cpu_quota(cpus: int) -> Iterator[Path | None]:
+    """A real cgroup v1 CFS quota of `cpus` CPUs, or None where this machine does not allow one."""
+    folder = CPU_HIERARCHY / f"f5tts-demo-{os.getpid()}"
+    try:
+        folder.mkdir()
+        (folder / "cpu.cfs_period_us").write_text("100000")
+        (folder / "cpu.cfs_quota_us").write_text(str(cpus * 100000))
+    except OSError:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+        yield None
+        return
+    try:
+        yield folder
+    finally:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def clamp_workers(demo: Demo) -> int:
+    step(
+        5, "Ask for 16 DataLoader workers inside a 2-CPU quota (the seed's 16 workers on 12 cores, smaller)."
+    )
+    with cpu_quota(2) as cgroup:
+        env = demo.environment(DATALOADER_WORKERS="16")
+        argv = [sys.executable, "-m", "entrypoint", "check", "--env-file", str(demo.env_file), "--json"]
+        if cgroup is None:
+            print(
+                "   no cgroup can be created here (needs root and a cgroup v1 cpu hierarchy): CPU_LIMIT=2 instead"
+            )
+            env["CPU_LIMIT"] = "2"
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+        else:
+            # The shell moves itself into the cgroup, then becomes the preflight: the kernel's real quota.
+            shell = f'echo $$ > "{cgroup / "cgroup.procs"}" && exec "$@"'
+            done = subprocess.run(
+                ["sh", "-c", shell, "sh", *argv], env=env, capture_output=True, text=True, check=False
+            )
+    try:
+        cpu = json.loads(done.stdout)["cpu"]
+    except (ValueError, KeyError):
+        print(done.stderr, file=sys.stderr)
+        return 1
+    print(
+        f"   usable CPUs {cpu['usable']} ({cpu['source']}); workers {cpu['requested_workers']} -> {cpu['workers']}"
+    )
+    where = "real 2-CPU cgroup quota" if cgroup is not None else "CPU_LIMIT=2 (no cgroup here)"
+    demo.summary.append(("16 workers on 2 CPUs", f"clamped to {cpu['workers']} ({where})", "report.json cpu"))
+    return 0
 
 
 def main() -> int:
     root = Path("data/demo").resolve()
     started = time.monotonic()
-    print(f"== preparing a synthetic dataset in {root / 'dataset'}", flush=True)
+    print(f"== preparing a synthetic dataset in {root / 'dataset'} (F5-TTS's prepare_csv_wavs)", flush=True)
     try:
         dataset = make_synthetic_dataset(root)
     except (RuntimeError, OSError, subprocess.SubprocessError) as error:
@@ -112,19 +279,18 @@ def main() -> int:
         return 1
     run_dir = root / time.strftime("run-%Y%m%d-%H%M%S")
     env_file = write_env_file(root / "demo.env", demo_settings(dataset, run_dir))
-    print(f"== settings: {env_file}; checkpoints: {run_dir / 'output'}", flush=True)
-    for number, updates in ((1, FIRST_RUN_UPDATES), (2, SECOND_RUN_UPDATES)):
-        what = "from scratch" if number == 1 else "resuming from the first run's model_last.pt"
-        print(f"\n== run {number}: preflight run, training {what} up to update {updates}", flush=True)
-        code = run_preflight(env_file, {"MAX_UPDATES": str(updates)})
-        if code != 0:
-            print(f"error: run {number} exited with {code}; see {run_dir / 'logs' / 'training.log'}")
+    demo = Demo(root, env_file, run_dir)
+    print(f"== settings: {env_file}; everything this run writes: {run_dir}", flush=True)
+    for part in (train_and_resume, truncated_checkpoint, kill_during_save, clamp_workers):
+        code = part(demo)
+        if code:
+            print(f"error: the demo step failed (exit {code}); see {demo.log}", file=sys.stderr)
             return code
-    print(
-        f"\n== done in {time.monotonic() - started:.0f} s: the second run resumed where the first stopped. "
-        f"Checkpoints: {run_dir / 'output'}, backups: {run_dir / 'backups'}, "
-        f"log: {run_dir / 'logs' / 'training.log'}"
-    )
+    width = max(len(what) for what, _, _ in demo.summary)
+    print(f"\n== summary ({time.monotonic() - started:.0f} s)")
+    for what, happened, where in demo.summary:
+        print(f"   {what:<{width}}  {happened}  [{where}]")
+    print(f"   nothing was deleted; quarantined files sit next to a .json reason file. Log: {demo.log}")
     return 0
 
 
