@@ -219,6 +219,15 @@ def one_tensor_header(name: str = "w", **overrides: object) -> str:
 _RUNNER = textwrap.dedent(
     """
     import json, resource, sys, time
+
+    def peak_rss_mb():
+        # VmHWM belongs to this process image; ru_maxrss would carry the parent's peak across exec.
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
     limit = int(sys.argv[1])
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     deep = sys.argv[2] == "deep"
@@ -229,7 +238,7 @@ _RUNNER = textwrap.dedent(
         print(json.dumps({
             "path": path, "valid": verdict.valid, "cause": verdict.cause,
             "seconds": time.perf_counter() - start,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mb": peak_rss_mb(),
         }, ensure_ascii=True), flush=True)
     """
 )

@@ -90,7 +90,8 @@ def looks_like_safetensors(head: bytes) -> bool:
     if len(head) < 9:
         return False
     n = struct.unpack_from("<Q", head)[0]
-    return 2 <= n <= MAX_HEADER_BYTES and head[8:9] == b"{"
+    # The loader's JSON parser skips leading whitespace, so a header may start with some.
+    return 2 <= n <= MAX_HEADER_BYTES and head[8 : 8 + n].lstrip(b" \t\r\n")[:1] == b"{"
 
 
 def quoted(text: str) -> str:

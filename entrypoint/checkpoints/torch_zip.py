@@ -103,7 +103,8 @@ def _find_end_record(tail: bytes, tail_offset: int, file_size: int) -> tuple[int
             fields = _EOCD.unpack_from(tail, pos)
             comment_len = fields[7]
             end = tail_offset + pos + _EOCD.size + comment_len
-            if end == file_size:
+            # A comment cut short is tolerated, as zipfile and torch's reader (miniz) tolerate it.
+            if end >= file_size:
                 return tail_offset + pos, fields
             if end < file_size:
                 extra = file_size - end
