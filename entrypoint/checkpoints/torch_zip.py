@@ -134,6 +134,10 @@ def read_central_directory(f: BinaryIO, file_size: int) -> TorchZip:
         if z64_offset + _ZIP64_EOCD.size > locator_offset:
             raise ZipDamage("zip64 end record points outside the file")
         z = _ZIP64_EOCD.unpack(_read_at(f, z64_offset, _ZIP64_EOCD.size))
+        if z[0] != ZIP64_EOCD_SIG and locator_offset >= _ZIP64_EOCD.size:
+            # zipfile and torch's reader look right before the locator, whatever its offset field says.
+            z64_offset = locator_offset - _ZIP64_EOCD.size
+            z = _ZIP64_EOCD.unpack(_read_at(f, z64_offset, _ZIP64_EOCD.size))
         if z[0] != ZIP64_EOCD_SIG:
             raise ZipDamage("zip64 end record damaged")
         n_entries, cd_size, cd_offset = z[7], z[8], z[9]
@@ -192,6 +196,11 @@ def _parse_central(central: bytes, n_entries: int) -> list[Member]:
             raise ZipDamage("zip central directory damaged (entry runs past its end)")
         if flags & 0x1:
             raise ZipDamage("encrypted zip member (not written by torch.save)")
+        # torch's reader (miniz) cannot extract these: strong encryption, patch data, a folder entry.
+        if flags & 0x60:
+            raise ZipDamage("zip member with unsupported flags (not written by torch.save)")
+        if f[15] & 0x10 or raw_name.endswith(b"/"):
+            raise ZipDamage(f"zip member {raw_name.decode('utf-8', 'replace')} is marked as a folder")
         if method not in (STORED, DEFLATED):
             raise ZipDamage(f"zip member compressed with method {method} (not written by torch.save)")
         size, csize, header_offset = _zip64_extra(extra, size, csize, header_offset)
