@@ -26,19 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from entrypoint.checkpoints.pickle_scan import PickleRefused, scan_pickle
 from entrypoint.checkpoints.validate import validate_file
 from entrypoint.checkpoints.verdict import Verdict
 from tests import hostile
 
-hypothesis = pytest.importorskip("hypothesis")
 torch = pytest.importorskip("torch", reason="the reference loader for .pt files")
 safetensors = pytest.importorskip("safetensors")
 pytest.importorskip("numpy")
 
-from hypothesis import HealthCheck, event, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 # Deterministic and bounded: the whole module stays within about 30 s on a busy 2-core machine.
 SCALE = int(os.environ.get("FUZZ_SCALE", "1"))
