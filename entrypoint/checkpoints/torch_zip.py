@@ -32,7 +32,7 @@ _LOCAL = struct.Struct("<IHHHHHIIIHH")  # 30 bytes, then name, extra
 _MAX_COMMENT = 0xFFFF
 STORED = 0
 DEFLATED = 8
-# A state dict's pickle is kilobytes to a few MB (F5-TTS v1 Base training checkpoint: about 0.4 MB);
+# A state dict's pickle is kilobytes to a few MB (F5-TTS v1 Base training checkpoint: about 0.25 MB);
 # refusing absurd sizes keeps memory bounded on garbage and on zip bombs.
 MAX_PICKLE_BYTES = 64 * 1024 * 1024
 # Compressed bytes handed to the inflater at a time when reading a deflated data.pkl.
