@@ -140,6 +140,8 @@ def read_central_directory(f: BinaryIO, file_size: int) -> TorchZip:
             z = _ZIP64_EOCD.unpack(_read_at(f, z64_offset, _ZIP64_EOCD.size))
         if z[0] != ZIP64_EOCD_SIG:
             raise ZipDamage("zip64 end record damaged")
+        if z[4] != 0 or z[5] != 0 or z[6] != z[7]:  # torch's reader refuses these as multi-disk
+            raise ZipDamage("multi-part zip archive (not written by torch.save)")
         n_entries, cd_size, cd_offset = z[7], z[8], z[9]
         central_end = z64_offset
     elif n_entries == 0xFFFF or 0xFFFFFFFF in (cd_size, cd_offset):

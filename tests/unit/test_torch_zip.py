@@ -216,3 +216,16 @@ def test_zip64_locator_with_a_wrong_offset_is_read_as_zip_readers_read_it(tmp_pa
     path.write_bytes(bytes(data))
     assert zipfile.ZipFile(path).testzip() is None
     assert _layout(path).member("data.pkl") is not None
+
+
+def test_zip64_end_record_naming_another_disk_is_damage(tmp_path: Path) -> None:
+    # Found by the property tests: torch's reader refuses it as a multi-disk archive.
+    path = _save(tmp_path / "ckpt.pt")
+    data = bytearray(path.read_bytes())
+    record = data.rindex(b"PK\x06\x06")
+    data[record + 20] ^= 0x01  # the disk holding the central directory
+    path.write_bytes(bytes(data))
+    with open(path, "rb") as f, pytest.raises(torch_zip.ZipDamage, match="multi-part"):
+        torch_zip.read_central_directory(f, len(data))
+    with pytest.raises(RuntimeError):
+        torch.load(path, weights_only=True)
