@@ -130,7 +130,9 @@ def read_central_directory(f: BinaryIO, file_size: int) -> TorchZip:
     has_locator = len(locator) == _ZIP64_LOCATOR.size and locator[:4] == struct.pack("<I", ZIP64_LOCATOR_SIG)
     # torch (miniz) writes zip64 records for every archive, needed or not; read them whenever present.
     if has_locator:
-        _sig, _disk, z64_offset, _total = _ZIP64_LOCATOR.unpack(locator)
+        _sig, z64_disk, z64_offset, total_disks = _ZIP64_LOCATOR.unpack(locator)
+        if z64_disk != 0 or total_disks != 1:  # zipfile and torch's reader refuse these as multi-disk
+            raise ZipDamage("multi-part zip archive (not written by torch.save)")
         if z64_offset + _ZIP64_EOCD.size > locator_offset:
             raise ZipDamage("zip64 end record points outside the file")
         z = _ZIP64_EOCD.unpack(_read_at(f, z64_offset, _ZIP64_EOCD.size))

@@ -218,12 +218,17 @@ def test_zip64_locator_with_a_wrong_offset_is_read_as_zip_readers_read_it(tmp_pa
     assert _layout(path).member("data.pkl") is not None
 
 
-def test_zip64_end_record_naming_another_disk_is_damage(tmp_path: Path) -> None:
-    # Found by the property tests: torch's reader refuses it as a multi-disk archive.
+@pytest.mark.parametrize(
+    ("signature", "field"),
+    [(b"PK\x06\x06", 20), (b"PK\x06\x07", 18)],
+    ids=["zip64-record-cd-disk", "locator-disk-count"],
+)
+def test_zip64_records_naming_other_disks_are_damage(tmp_path: Path, signature: bytes, field: int) -> None:
+    # Found by the property tests: torch's reader refuses these as multi-disk archives.
     path = _save(tmp_path / "ckpt.pt")
     data = bytearray(path.read_bytes())
-    record = data.rindex(b"PK\x06\x06")
-    data[record + 20] ^= 0x01  # the disk holding the central directory
+    record = data.rindex(signature)
+    data[record + field] ^= 0x01
     path.write_bytes(bytes(data))
     with open(path, "rb") as f, pytest.raises(torch_zip.ZipDamage, match="multi-part"):
         torch_zip.read_central_directory(f, len(data))
