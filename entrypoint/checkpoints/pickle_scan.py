@@ -5,6 +5,13 @@ numbers and turns torch's tensor recipes into plain records (storage key, dtype,
 Every global the pickle names is checked against the same allow-list as torch's `weights_only` loader, and
 only the opcodes that loader accepts are accepted, so a file passes here exactly when
 `torch.load(weights_only=True)` would agree to read it - and nothing in it is ever called.
+
+Nothing the pickle builds is hashed, printed or walked recursively: a dict key or set element must be a
+flat value (string, number, None, or a tuple of those), the only kind whose hash is linear in its size, so
+a key nested a million deep or a tuple of itself repeated 2^60 times is refused before anything looks
+inside it. Explicit budgets (opcodes, containers, memo entries, nesting, tensor dimensions, integer sizes),
+each far above what a real checkpoint needs, bound time and memory: past one the pickle is refused with
+the budget named.
 """
 
 from __future__ import annotations
@@ -183,6 +190,20 @@ ALLOWED_OPCODES = frozenset(
 )
 
 
+# Budgets. An F5-TTS v1 Base training checkpoint's data.pkl (364 weights, model + EMA + AdamW state, about
+# 1,800 storages): about 65,000 opcodes, 16,000 memo entries, 14,000 containers nested at most 6 deep;
+# tensors have at most 4 dimensions of int64 sizes. Each budget is over 60 times that; together they hold
+# the parse to about 250 MB and 10 s at worst (measured by bench/bench_hostile.py).
+MAX_OPCODES = 5_000_000
+MAX_CONTAINERS = 1_000_000
+MAX_MEMO = 1_000_000
+MAX_NESTING = 100
+MAX_TENSOR_DIMS = 64
+MAX_SIZE_VALUE = 2**63 - 1  # torch sizes, strides and offsets are int64
+MAX_KEY_ITEMS = 64  # a tuple used as a dict key or set element
+# Causes quote names from the file (storage keys, globals): never more than this many characters of one.
+MAX_QUOTED = 80
+
 _TENSOR_REBUILDERS = frozenset(
     f"torch._utils.{f}" for f in ("_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_tensor")
 )
@@ -194,6 +215,17 @@ class PickleRefused(Exception):
     def __init__(self, cause: str) -> None:
         super().__init__(cause)
         self.cause = cause
+
+
+class _OverBudget(PickleRefused):
+    """A budget ran out: the file is refused as too large, and no second pass over it is made."""
+
+
+def quoted(text: str) -> str:
+    """A name from the file, short and printable whatever it holds (control characters, lone surrogates)."""
+    if len(text) > MAX_QUOTED:
+        text = text[:MAX_QUOTED] + "..."
+    return text if text.isprintable() else ascii(text)[1:-1]
 
 
 @dataclass(frozen=True)
@@ -284,8 +316,8 @@ def global_of(arg: str) -> Global:
 def _named(glob: Global) -> str:
     """A plain name for a global: pickle writes os.system as posix.system on Linux."""
     if glob.module in ("posix", "nt"):
-        return f"os.{glob.name}"
-    return glob.dotted
+        return quoted(f"os.{glob.name}")
+    return quoted(glob.dotted)
 
 
 def _check_global(glob: Global) -> None:
@@ -294,12 +326,67 @@ def _check_global(glob: Global) -> None:
     raise PickleRefused(f"pickle references {_named(glob)} (not allowed by torch's weights_only loader)")
 
 
+_FLAT = (str, int, float, type(None))
+
+
+def _hashable_key(key: Any, what: str) -> Any:
+    """A dict key or set element whose hash costs time linear in its size, else refused.
+
+    torch's loader hashes these; a key built from nested or shared tuples makes that hash recurse past the
+    C stack or walk 2^n leaves, so the file could never load anyway.
+    """
+    if isinstance(key, _FLAT):
+        return key
+    if isinstance(key, tuple) and len(key) <= MAX_KEY_ITEMS and all(isinstance(k, _FLAT) for k in key):
+        return key
+    raise PickleRefused(f"damaged pickle: a {what} that is a container or object (only flat values are)")
+
+
+def _size_value(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SIZE_VALUE
+
+
 class _Machine:
     def __init__(self) -> None:
         self.stack: list[Any] = []
         self.metastack: list[list[Any]] = []
         self.memo: dict[int, Any] = {}
         self.summary = PickleSummary("", None)
+        # Nesting depth of the containers built so far, by id (leaves are 0). Counted as the structure is
+        # built; never measured by walking it, which is what a hostile structure would exploit.
+        self.depths: dict[int, int] = {}
+        self.containers = 0
+
+    def made(self, container: Any, items: Any = ()) -> Any:
+        """Record a new container (and its nesting depth) against the budgets."""
+        self.containers += 1
+        if self.containers > MAX_CONTAINERS:
+            raise _OverBudget(f"pickle too large: more than {MAX_CONTAINERS:,} containers")
+        depth_of = self.depths.get
+        depth = 1 + max((depth_of(id(x), 0) for x in items), default=0)
+        if depth > MAX_NESTING:
+            raise _OverBudget(f"pickle nested too deep: more than {MAX_NESTING} levels")
+        self.depths[id(container)] = depth
+        return container
+
+    def grew(self, container: Any, items: Any) -> None:
+        """Items added to an existing list or dict: its depth may grow."""
+        depth_of = self.depths.get
+        depth = max(depth_of(id(container), 1), 1 + max((depth_of(id(x), 0) for x in items), default=0))
+        if depth > MAX_NESTING:
+            raise _OverBudget(f"pickle nested too deep: more than {MAX_NESTING} levels")
+        self.depths[id(container)] = depth
+
+    def mark(self) -> None:
+        if len(self.metastack) >= MAX_NESTING:
+            raise _OverBudget(f"pickle nested too deep: more than {MAX_NESTING} levels")
+        self.metastack.append(self.stack)
+        self.stack = []
+
+    def put(self, index: int, value: Any) -> None:
+        if index not in self.memo and len(self.memo) >= MAX_MEMO:
+            raise _OverBudget(f"pickle too large: more than {MAX_MEMO:,} memo entries")
+        self.memo[index] = value
 
     def persistent(self, pid: Any) -> StorageRef:
         if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] not in ("storage", b"storage"):
@@ -309,12 +396,15 @@ class _Machine:
             type_name = storage_type.name
         else:
             raise PickleRefused("damaged pickle: storage without a type")
-        if not isinstance(numel, int) or numel < 0:
+        # torch.save writes both as strings; anything else would be formatted (walked) by the loader.
+        if not isinstance(key, str) or not isinstance(location, str):
+            raise PickleRefused("damaged pickle: storage key or location is not a string")
+        if not _size_value(numel):
             raise PickleRefused("damaged pickle: storage with a bad size")
-        ref = StorageRef(str(key), type_name, str(location), numel)
+        ref = StorageRef(key, type_name, location, numel)
         known = self.summary.storages.get(ref.key)
         if known is not None and known != ref:
-            raise PickleRefused(f"damaged pickle: storage {ref.key} described twice differently")
+            raise PickleRefused(f"damaged pickle: storage {quoted(ref.key)} described twice differently")
         self.summary.storages[ref.key] = ref
         return ref
 
@@ -329,38 +419,54 @@ class _Machine:
         if name in ("torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state"):
             return args[0] if args else None
         if name in ("collections.OrderedDict", "collections.Counter"):
-            result: dict[Any, Any] = {}
+            result: dict[Any, Any] = self.made({})
             if args and isinstance(args[0], list | tuple):
-                result.update(args[0])
+                pairs = args[0]
+                if name == "collections.Counter":
+                    for item in pairs:
+                        _hashable_key(item, "counted element")
+                else:
+                    for pair in pairs:
+                        if not isinstance(pair, tuple) or len(pair) != 2:
+                            raise PickleRefused("damaged pickle: OrderedDict items that are not pairs")
+                        result[_hashable_key(pair[0], "dict key")] = pair[1]
+                    self.grew(result, result.values())
             return result
+        if name == "builtins.set" and args and isinstance(args[0], list | tuple):
+            # The loader builds the set, hashing every element.
+            for item in args[0]:
+                _hashable_key(item, "set element")
+        if name == "builtins.bytearray" and args and isinstance(args[0], int):
+            raise PickleRefused("damaged pickle: bytearray of a size rather than of bytes")
         if name == "torch.Size":
-            return tuple(args[0]) if args else ()
-        return _Call(func, args)
+            return self.made(tuple(args[0]) if args else ())
+        return self.made(_Call(func, args), (args,))
 
     def tensor(self, args: tuple[Any, ...]) -> TensorRef:
         if len(args) < 4 or not isinstance(args[0], StorageRef):
             raise PickleRefused("damaged pickle: tensor without a storage")
         storage, offset, shape, stride = args[:4]
-        if not (
-            isinstance(offset, int)
-            and isinstance(shape, tuple)
-            and isinstance(stride, tuple)
-            and all(isinstance(x, int) and x >= 0 for x in (offset, *shape, *stride))
-            and len(shape) == len(stride)
-        ):
+        if not (isinstance(shape, tuple) and isinstance(stride, tuple) and len(shape) == len(stride)):
             raise PickleRefused("damaged pickle: tensor with a bad shape")
+        if len(shape) > MAX_TENSOR_DIMS:
+            raise _OverBudget(
+                f"pickle holds a tensor of {len(shape)} dimensions (more than {MAX_TENSOR_DIMS})"
+            )
+        if not all(_size_value(x) for x in (offset, *shape, *stride)):
+            raise PickleRefused("damaged pickle: tensor with a bad shape (sizes must be int64 and >= 0)")
         ref = TensorRef(storage, offset, shape, stride)
         self.summary.tensors.append(ref)
         return ref
 
 
-def _set_items(target: Any, items: list[Any]) -> None:
+def _set_items(m: _Machine, target: Any, items: list[Any]) -> None:
     if not isinstance(target, dict):
         raise PickleRefused("damaged pickle: items set on something that is not a dict")
     if len(items) % 2:
         raise PickleRefused("damaged pickle: odd number of dict items")
     for i in range(0, len(items), 2):
-        target[items[i]] = items[i + 1]
+        target[_hashable_key(items[i], "dict key")] = items[i + 1]
+    m.grew(target, items[1::2])
 
 
 _STRING_OPS = frozenset(
@@ -372,28 +478,32 @@ def referenced_globals(data: bytes) -> list[Global]:
     """Every global the pickle names, in order, found by decoding opcodes only.
 
     GLOBAL carries its name; STACK_GLOBAL (protocol 4+) takes two strings pushed before it, followed here
-    through the memo as well. Decoding stops quietly at the first damaged opcode.
+    through the memo as well. Decoding stops quietly at the first damaged opcode or past the opcode budget;
+    memory stays bounded by the memo budget (only the last two pushed strings are kept).
     """
     found: list[Global] = []
-    strings: list[str | None] = []
+    last: list[str | None] = [None, None]
     memo: dict[int, str | None] = {}
     try:
-        for opcode, arg, _pos in pickletools.genops(data):
+        for count, (opcode, arg, _pos) in enumerate(pickletools.genops(data)):
+            if count >= MAX_OPCODES:
+                break
             op = opcode.name
+            pushed: str | None = None
             if op == "GLOBAL":
                 found.append(global_of(str(arg)))
-            elif op == "STACK_GLOBAL" and len(strings) >= 2 and None not in strings[-2:]:
-                found.append(Global(str(strings[-2]), str(strings[-1])))
+            elif op == "STACK_GLOBAL" and None not in last:
+                found.append(Global(str(last[0]), str(last[1])))
             elif op in _STRING_OPS:
-                strings.append(str(arg))
-            elif op in ("BINPUT", "LONG_BINPUT", "PUT"):
-                memo[int(arg)] = strings[-1] if strings else None
-            elif op == "MEMOIZE":
-                memo[len(memo)] = strings[-1] if strings else None
+                pushed = str(arg)
+            elif op in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):
+                index = len(memo) if op == "MEMOIZE" else int(arg)
+                if index in memo or len(memo) < MAX_MEMO:
+                    memo[index] = last[1]
+                continue  # a PUT leaves the stack as it was
             elif op in ("BINGET", "LONG_BINGET", "GET"):
-                strings.append(memo.get(int(arg)))
-            else:
-                strings.append(None)
+                pushed = memo.get(int(arg))
+            last = [last[1], pushed]
     except ValueError:
         pass
     return found
@@ -403,6 +513,8 @@ def scan_pickle(data: bytes) -> PickleSummary:
     """Rebuild the structure of a torch data.pkl statically. Raises PickleRefused, never runs anything."""
     try:
         return _interpret(data)
+    except _OverBudget:
+        raise
     except PickleRefused as refused:
         # Name a forbidden global even when something else stopped the walk first (an opcode torch
         # refuses, a damaged stretch): "references os.system" is the cause a reader needs to see.
@@ -419,8 +531,8 @@ def _interpret(data: bytes) -> PickleSummary:
         raise
     except ValueError as exc:
         # genops: "at position 1234, opcode b'\\xf3' unknown", "pickle exhausted before seeing STOP", ...
-        raise PickleRefused(f"damaged pickle ({exc})") from exc
-    except (IndexError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise PickleRefused(f"damaged pickle ({quoted(str(exc))})") from exc
+    except (IndexError, KeyError, TypeError, AttributeError) as exc:
         raise PickleRefused(f"damaged pickle (impossible structure: {type(exc).__name__})") from exc
     m.summary.top = top
     m.summary.top_type = type(top).__name__
@@ -431,24 +543,26 @@ def _run(m: _Machine, data: bytes) -> Any:
     """The stack machine. One branch per opcode torch's loader accepts, the most frequent first (speed)."""
     st = m.stack
     memo = m.memo
-    for opcode, arg, _pos in pickletools.genops(data):
+    for count, (opcode, arg, _pos) in enumerate(pickletools.genops(data)):
         op = opcode.name
         if op == "LONG_BINPUT" or op == "BINPUT":
+            if arg not in memo and len(memo) >= MAX_MEMO:
+                m.put(arg, st[-1])  # raises: over the budget
             memo[arg] = st[-1]
         elif op == "BININT1" or op == "BINUNICODE" or op == "BININT2" or op == "BININT" or op == "BINFLOAT":
             st.append(arg)
         elif op == "BINGET" or op == "LONG_BINGET":
             st.append(memo[arg])
         elif op == "MARK":
-            m.metastack.append(st)
-            st = m.stack = []
+            m.mark()
+            st = m.stack
         elif op == "REDUCE":
             args = st.pop()
             st[-1] = m.call(st[-1], args)
         elif op == "TUPLE":
             items = st
             st = m.stack = m.metastack.pop()
-            st.append(tuple(items))
+            st.append(m.made(tuple(items), items))
         elif op == "EMPTY_TUPLE":
             st.append(())
         elif op == "NEWFALSE":
@@ -456,21 +570,21 @@ def _run(m: _Machine, data: bytes) -> Any:
         elif op == "BINPERSID":
             st.append(m.persistent(st.pop()))
         elif op == "TUPLE1":
-            st[-1] = (st[-1],)
+            st[-1] = m.made((st[-1],), st[-1:])
         elif op == "EMPTY_DICT":
-            st.append({})
+            st.append(m.made({}))
         elif op == "TUPLE2":
-            st[-2:] = [(st[-2], st[-1])]
+            st[-2:] = [m.made((st[-2], st[-1]), st[-2:])]
         elif op == "SETITEM":
             value = st.pop()
             key = st.pop()
-            _set_items(st[-1], [key, value])
+            _set_items(m, st[-1], [key, value])
         elif op == "SETITEMS":
             items = st
             st = m.stack = m.metastack.pop()
-            _set_items(st[-1], items)
+            _set_items(m, st[-1], items)
         elif op == "TUPLE3":
-            st[-3:] = [(st[-3], st[-2], st[-1])]
+            st[-3:] = [m.made((st[-3], st[-2], st[-1]), st[-3:])]
         elif op == "GLOBAL":
             glob = global_of(str(arg))
             _check_global(glob)
@@ -481,13 +595,16 @@ def _run(m: _Machine, data: bytes) -> Any:
             return st.pop()
         else:
             st = _rare(m, st, op, arg)
+        if count >= MAX_OPCODES:
+            raise _OverBudget(f"pickle too large: more than {MAX_OPCODES:,} opcodes")
     raise PickleRefused("damaged pickle (no STOP)")
 
 
 def _rare(m: _Machine, st: list[Any], op: str, arg: Any) -> list[Any]:
     """The less frequent opcodes. Returns the (possibly new) current stack."""
     if op == "STACK_GLOBAL":
-        _check_global(Global(str(st[-2]), str(st[-1])))
+        if isinstance(st[-2], str) and isinstance(st[-1], str):
+            _check_global(Global(st[-2], st[-1]))
         raise PickleRefused("pickle uses opcode STACK_GLOBAL, which torch's weights_only loader refuses")
     if op not in ALLOWED_OPCODES:
         raise PickleRefused(f"pickle uses opcode {op}, which torch's weights_only loader refuses")
@@ -498,20 +615,22 @@ def _rare(m: _Machine, st: list[Any], op: str, arg: Any) -> list[Any]:
     elif op == "NEWTRUE":
         st.append(True)
     elif op == "EMPTY_LIST":
-        st.append([])
+        st.append(m.made([]))
     elif op == "EMPTY_SET":
-        st.append(_Call(Global("builtins", "set"), ()))
+        st.append(m.made(_Call(Global("builtins", "set"), ())))
     elif op == "APPEND":
         item = st.pop()
         if not isinstance(st[-1], list):
             raise PickleRefused("damaged pickle: append to something that is not a list")
         st[-1].append(item)
+        m.grew(st[-1], (item,))
     elif op == "APPENDS":
         items = st
         st = m.stack = m.metastack.pop()
         if not isinstance(st[-1], list):
             raise PickleRefused("damaged pickle: append to something that is not a list")
         st[-1].extend(items)
+        m.grew(st[-1], items)
     elif op == "NEWOBJ":
         args = st.pop()
         cls = st.pop()

@@ -32,8 +32,11 @@ _LOCAL = struct.Struct("<IHHHHHIIIHH")  # 30 bytes, then name, extra
 _MAX_COMMENT = 0xFFFF
 STORED = 0
 DEFLATED = 8
-# A state dict's pickle is kilobytes to a few MB; refusing absurd sizes keeps memory bounded on garbage.
-MAX_PICKLE_BYTES = 512 * 1024 * 1024
+# A state dict's pickle is kilobytes to a few MB (F5-TTS v1 Base training checkpoint: about 0.25 MB);
+# refusing absurd sizes keeps memory bounded on garbage and on zip bombs.
+MAX_PICKLE_BYTES = 64 * 1024 * 1024
+# Compressed bytes handed to the inflater at a time when reading a deflated data.pkl.
+INFLATE_PIECE_BYTES = 1024 * 1024
 CHUNK_BYTES = 16 * 1024 * 1024
 # Buffers in flight between the reader thread and the CRC: enough for the disk to run ahead while the CRC
 # waits for a CPU on a busy machine, few enough to keep memory constant.
@@ -100,7 +103,8 @@ def _find_end_record(tail: bytes, tail_offset: int, file_size: int) -> tuple[int
             fields = _EOCD.unpack_from(tail, pos)
             comment_len = fields[7]
             end = tail_offset + pos + _EOCD.size + comment_len
-            if end == file_size:
+            # A comment cut short is tolerated, as zipfile and torch's reader (miniz) tolerate it.
+            if end >= file_size:
                 return tail_offset + pos, fields
             if end < file_size:
                 extra = file_size - end
@@ -126,12 +130,20 @@ def read_central_directory(f: BinaryIO, file_size: int) -> TorchZip:
     has_locator = len(locator) == _ZIP64_LOCATOR.size and locator[:4] == struct.pack("<I", ZIP64_LOCATOR_SIG)
     # torch (miniz) writes zip64 records for every archive, needed or not; read them whenever present.
     if has_locator:
-        _sig, _disk, z64_offset, _total = _ZIP64_LOCATOR.unpack(locator)
+        _sig, z64_disk, z64_offset, total_disks = _ZIP64_LOCATOR.unpack(locator)
+        if z64_disk != 0 or total_disks != 1:  # zipfile and torch's reader refuse these as multi-disk
+            raise ZipDamage("multi-part zip archive (not written by torch.save)")
         if z64_offset + _ZIP64_EOCD.size > locator_offset:
             raise ZipDamage("zip64 end record points outside the file")
         z = _ZIP64_EOCD.unpack(_read_at(f, z64_offset, _ZIP64_EOCD.size))
+        if z[0] != ZIP64_EOCD_SIG and locator_offset >= _ZIP64_EOCD.size:
+            # zipfile and torch's reader look right before the locator, whatever its offset field says.
+            z64_offset = locator_offset - _ZIP64_EOCD.size
+            z = _ZIP64_EOCD.unpack(_read_at(f, z64_offset, _ZIP64_EOCD.size))
         if z[0] != ZIP64_EOCD_SIG:
             raise ZipDamage("zip64 end record damaged")
+        if z[4] != 0 or z[5] != 0 or z[6] != z[7]:  # torch's reader refuses these as multi-disk
+            raise ZipDamage("multi-part zip archive (not written by torch.save)")
         n_entries, cd_size, cd_offset = z[7], z[8], z[9]
         central_end = z64_offset
     elif n_entries == 0xFFFF or 0xFFFFFFFF in (cd_size, cd_offset):
@@ -188,6 +200,11 @@ def _parse_central(central: bytes, n_entries: int) -> list[Member]:
             raise ZipDamage("zip central directory damaged (entry runs past its end)")
         if flags & 0x1:
             raise ZipDamage("encrypted zip member (not written by torch.save)")
+        # torch's reader (miniz) cannot extract these: strong encryption, patch data, a folder entry.
+        if flags & 0x60:
+            raise ZipDamage("zip member with unsupported flags (not written by torch.save)")
+        if f[15] & 0x10 or raw_name.endswith(b"/"):
+            raise ZipDamage(f"zip member {raw_name.decode('utf-8', 'replace')} is marked as a folder")
         if method not in (STORED, DEFLATED):
             raise ZipDamage(f"zip member compressed with method {method} (not written by torch.save)")
         size, csize, header_offset = _zip64_extra(extra, size, csize, header_offset)
@@ -232,23 +249,56 @@ def _local_data_offset(header: bytes, member: Member) -> int:
 
 
 def read_member(f: BinaryIO, tz: TorchZip, member: Member, *, limit: int = MAX_PICKLE_BYTES) -> bytes:
-    """The uncompressed bytes of one (small) member, checked against its local header."""
+    """The uncompressed bytes of one (small) member, checked against its local header.
+
+    Memory stays within `limit` plus one read piece: the recorded sizes are checked first, and a deflated
+    member is inflated piece by piece, never past its recorded size (a zip bomb stops one byte over it).
+    """
     short = tz.short_name(member)
     if member.size > limit:
         raise ZipDamage(f"{short} is {member.size} bytes: too large for a state dict's pickle")
+    # Deflate never grows data by more than a few bytes per 16 kB block: more means a lie or garbage.
+    if member.compressed_size > member.size + member.size // 1000 + 1024:
+        raise ZipDamage(f"{short} is stored in more bytes than it holds (damaged central directory)")
     header = _read_at(f, member.header_offset, _LOCAL.size + 1024)
     data_offset = _local_data_offset(header, member)
-    raw = _read_at(f, data_offset, member.compressed_size)
-    if len(raw) != member.compressed_size:
-        raise ZipDamage(f"{short} cut short", truncated=True)
     if member.method == DEFLATED:
+        data = _inflate(f, data_offset, member, short)
+    else:
+        data = _read_at(f, data_offset, member.compressed_size)
+        if len(data) != member.compressed_size:
+            raise ZipDamage(f"{short} cut short", truncated=True)
+    if len(data) != member.size:
+        raise ZipDamage(f"{short} has {len(data)} bytes where the central directory says {member.size}")
+    return data
+
+
+def _inflate(f: BinaryIO, data_offset: int, member: Member, short: str) -> bytes:
+    """Inflate one member in pieces, each call capped (`max_length`) at one byte past the recorded size."""
+    inflater = zlib.decompressobj(-15)
+    out = bytearray()
+    f.seek(data_offset)
+    left = member.compressed_size
+    pending = b""
+    while not inflater.eof:
+        if not pending:
+            if left == 0:
+                break
+            pending = f.read(min(INFLATE_PIECE_BYTES, left)) or b""
+            if not pending:
+                raise ZipDamage(f"{short} cut short", truncated=True)
+            left -= len(pending)
+        room = member.size + 1 - len(out)
         try:
-            raw = zlib.decompress(raw, -15)
+            out += inflater.decompress(pending, room)
         except zlib.error as exc:
             raise ZipDamage(f"{short} cannot be decompressed") from exc
-    if len(raw) != member.size:
-        raise ZipDamage(f"{short} has {len(raw)} bytes where the central directory says {member.size}")
-    return raw
+        if len(out) > member.size:
+            raise ZipDamage(f"{short} inflates past the {member.size} bytes the central directory records")
+        pending = inflater.unconsumed_tail
+    if not inflater.eof:
+        raise ZipDamage(f"{short} cannot be decompressed (the compressed data ends early)")
+    return bytes(out)
 
 
 def _advise_sequential(f: BinaryIO, start: int, end: int) -> None:

@@ -33,7 +33,8 @@ from typing import Any, BinaryIO
 
 from entrypoint.checkpoints import torch_zip
 from entrypoint.checkpoints.compat import check_compatibility
-from entrypoint.checkpoints.pickle_scan import PickleRefused, PickleSummary, TensorRef, scan_pickle
+from entrypoint.checkpoints.pickle_scan import PickleRefused, PickleSummary, TensorRef, quoted, scan_pickle
+from entrypoint.checkpoints.regular_file import NotRegularFile, open_regular
 from entrypoint.checkpoints.safetensors_check import (
     SafetensorsDamage,
     looks_like_safetensors,
@@ -70,6 +71,8 @@ TRAINING_KEYS = (
 WEIGHT_KEYS = ("model_state_dict", "ema_model_state_dict")
 HEAD_BYTES = 4096
 TAIL_BYTES = 65536
+# A cause is one line of a terminal or report; the formats quote file-supplied names at 80 characters.
+MAX_CAUSE_CHARS = 400
 
 
 @dataclass(frozen=True)
@@ -151,15 +154,15 @@ def validate_file(
     state = _Progress(path, 0, details={})
     try:
         try:
-            st = path.stat()
+            f = open_regular(path)  # never blocks: a FIFO or device is refused, not waited on
         except FileNotFoundError:
             raise _Failed("structure", "file not found") from None
-        if not path.is_file():
-            raise _Failed("structure", "not a regular file")
-        state.size = st.st_size
-        if state.size == 0:
-            raise _Failed("structure", "empty file")
-        with open(path, "rb", buffering=0) as f:
+        except NotRegularFile:
+            raise _Failed("structure", "not a regular file") from None
+        with f:
+            state.size = os.fstat(f.fileno()).st_size
+            if state.size == 0:
+                raise _Failed("structure", "empty file")
             _check(f, state, _Request(deep, expect, reference_size, progress))
         if load:
             _load_with_torch(path, state)
@@ -167,10 +170,18 @@ def validate_file(
     except _Failed as failure:
         assert state.details is not None
         state.details["failed_level"] = failure.level
-        return state.verdict(False, failure.cause, failure.failure)
+        return state.verdict(False, printable_cause(failure.cause), failure.failure)
     except OSError as exc:
         state.details = {**(state.details or {}), "failed_level": "structure"}
-        return state.verdict(False, f"cannot read the file: {exc.strerror or exc}", FAILURE_UNREADABLE)
+        cause = printable_cause(f"cannot read the file: {exc.strerror or exc}")
+        return state.verdict(False, cause, FAILURE_UNREADABLE)
+
+
+def printable_cause(cause: str) -> str:
+    """One short line that any terminal, log or report encoding can take: names from a file are escaped."""
+    if len(cause) > MAX_CAUSE_CHARS:
+        cause = cause[: MAX_CAUSE_CHARS - 3] + "..."
+    return cause if cause.isprintable() else ascii(cause)[1:-1]
 
 
 def _check(f: BinaryIO, state: _Progress, request: _Request) -> None:
@@ -335,18 +346,18 @@ def _check_storages(summary: PickleSummary, tz: torch_zip.TorchZip) -> None:
     for key, storage in summary.storages.items():
         member = tz.member(f"data/{key}")
         if member is None:
-            raise _Failed("schema", f"missing tensor data data/{key} (the pickle refers to it)")
+            raise _Failed("schema", f"missing tensor data data/{quoted(key)} (the pickle refers to it)")
         if storage.itemsize and member.size != storage.nbytes:
             raise _Failed(
                 "schema",
-                f"size mismatch in data/{key}: {member.size} bytes, the pickle says {storage.nbytes}",
+                f"size mismatch in data/{quoted(key)}: {member.size} bytes, the pickle says {storage.nbytes}",
             )
     for tensor in summary.tensors:
         needed = tensor.elements_needed()
         if needed > tensor.storage.numel:
             raise _Failed(
                 "schema",
-                f"a tensor of shape {list(tensor.shape)} reaches past the end of data/{tensor.storage.key}",
+                f"a tensor of shape {list(tensor.shape)} reaches past the end of data/{quoted(tensor.storage.key)}",
             )
 
 

@@ -174,3 +174,28 @@ def test_tensor_reach_uses_strides() -> None:
     assert TensorRef(storage, 10, (3, 4), (1, 3)).elements_needed() == 10 + 1 + 2 * 1 + 3 * 3
     assert TensorRef(storage, 99, (0, 4), (4, 1)).elements_needed() == 0
     assert TensorRef(storage, 5, (), ()).elements_needed() == 6
+
+
+def test_flat_dict_keys_are_kept_and_container_keys_refused() -> None:
+    summary = scan_pickle(pickle.dumps({"a": 1, 2: "b", (1, "x"): None, 1.5: [], None: 0}, protocol=2))
+    assert summary.top == {"a": 1, 2: "b", (1, "x"): None, 1.5: [], None: 0}
+    for key in (((1,),), (1, (2, 3))):
+        with pytest.raises(PickleRefused, match="dict key that is a container"):
+            scan_pickle(pickle.dumps({key: 1}, protocol=2))
+
+
+def test_budgets_name_what_was_too_large() -> None:
+    from entrypoint.checkpoints import pickle_scan
+
+    deep = b"\x80\x02" + b"]" * 101 + b"a" * 100 + b"."  # 101 nested lists, built by APPEND
+    with pytest.raises(PickleRefused, match="nested too deep: more than 100 levels"):
+        scan_pickle(deep)
+    shallow = b"\x80\x02" + b"]" * 100 + b"a" * 99 + b"."
+    assert isinstance(scan_pickle(shallow).top, list)
+    memo = (
+        b"\x80\x02N"
+        + b"".join(b"r" + i.to_bytes(4, "little") for i in range(pickle_scan.MAX_MEMO + 1))
+        + b"."
+    )
+    with pytest.raises(PickleRefused, match="more than 1,000,000 memo entries"):
+        scan_pickle(memo)

@@ -137,3 +137,39 @@ def test_sidecar_digest_formats(tmp_path: Path) -> None:
     (tmp_path / "a.safetensors.sha256").write_text("not a digest\n")
     with pytest.raises(SafetensorsDamage, match="does not hold a SHA-256"):
         sidecar_digest(path)
+
+
+def test_sidecar_that_is_a_fifo_is_damage_not_a_wait(tmp_path: Path) -> None:
+    import os
+
+    path = _write(tmp_path / "a.safetensors")
+    os.mkfifo(tmp_path / "a.safetensors.sha256")
+    with pytest.raises(SafetensorsDamage, match="is not a regular file"):
+        sidecar_digest(path)
+
+
+def test_header_json_the_loader_refuses(tmp_path: Path) -> None:
+    from entrypoint.checkpoints.safetensors_check import parse_header_json
+
+    for raw, cause in [
+        (b'{"a": ' + b"[" * 200 + b"]" * 200 + b"}", "nested too deep"),
+        (b'{"a": [' + b"1," * 1_100_000 + b"1]}", "more than 1,000,000 values"),
+        (b'{"a": ' + b"9" * 5000 + b"}", "not valid JSON"),
+        (b'{"a": NaN}', "not valid JSON"),
+        (b'{"\\udc80": 1}', "lone surrogate"),
+    ]:
+        with pytest.raises(SafetensorsDamage, match=cause):
+            parse_header_json(raw)
+    # Brackets and escapes inside strings are text, not structure; a surrogate pair is a real character.
+    assert parse_header_json(b'{"[[[": "\\"{{", "e": "\\ud83d\\ude00"}') == {"[[[": '"{{', "e": "\U0001f600"}
+
+
+def test_leading_whitespace_before_the_header_object_is_accepted_as_the_loader_does(tmp_path: Path) -> None:
+    src = _write(tmp_path / "a.safetensors")
+    data = src.read_bytes()
+    n = struct.unpack_from("<Q", data)[0]
+    padded = b"  " + data[8 : 8 + n]
+    path = tmp_path / "b.safetensors"
+    path.write_bytes(struct.pack("<Q", len(padded)) + padded + data[8 + n :])
+    assert looks_like_safetensors(path.read_bytes()[:4096])
+    assert set(_read(path).tensors) == set(safetensors_torch.load_file(str(path)))

@@ -153,3 +153,84 @@ def test_crc_of_python_zlib_agrees_with_zip_record(tmp_path: Path) -> None:
     with zipfile.ZipFile(path) as z:
         info = z.getinfo("ckpt/data.pkl")
         assert zlib.crc32(z.read(info)) == info.CRC
+
+
+def _deflated_pickle_archive(path: Path, stream: bytes, size: int) -> torch_zip.TorchZip:
+    from tests.hostile import RawMember, write_zip
+
+    write_zip(path, [RawMember("x/data.pkl", stream, method=8, size=size), RawMember("x/version", b"3\n")])
+    return _layout(path)
+
+
+def test_deflated_member_is_inflated_no_further_than_its_recorded_size(tmp_path: Path) -> None:
+    from tests.hostile import deflate_bomb
+
+    bomb = deflate_bomb(256 << 20)
+    tz = _deflated_pickle_archive(tmp_path / "x.pt", bomb, size=len(bomb))
+    member = tz.member("data.pkl")
+    assert member is not None
+    with open(tmp_path / "x.pt", "rb") as f, pytest.raises(torch_zip.ZipDamage, match="inflates past"):
+        torch_zip.read_member(f, tz, member)
+
+
+def test_deflated_member_whose_stream_ends_early_is_damaged(tmp_path: Path) -> None:
+    squeezer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    stream = squeezer.compress(b"abc" * 1000) + squeezer.flush()
+    tz = _deflated_pickle_archive(tmp_path / "x.pt", stream[: len(stream) // 2], size=3000)
+    member = tz.member("data.pkl")
+    assert member is not None
+    with (
+        open(tmp_path / "x.pt", "rb") as f,
+        pytest.raises(torch_zip.ZipDamage, match="cannot be decompressed"),
+    ):
+        torch_zip.read_member(f, tz, member)
+
+
+def test_member_marked_as_a_folder_is_damage(tmp_path: Path) -> None:
+    # torch's reader (miniz) treats a member with the DOS folder attribute as a folder and cannot read it.
+    path = _save(tmp_path / "ckpt.pt")
+    tz = _layout(path)
+    data = bytearray(path.read_bytes())
+    entry = data.index(b"PK\x01\x02", tz.central_offset)
+    data[entry + 38] |= 0x10  # low byte of the external attributes
+    path.write_bytes(bytes(data))
+    with open(path, "rb") as f, pytest.raises(torch_zip.ZipDamage, match="marked as a folder"):
+        torch_zip.read_central_directory(f, len(data))
+
+
+def test_end_record_whose_comment_is_cut_short_is_read_as_zip_readers_read_it(tmp_path: Path) -> None:
+    path = _save(tmp_path / "ckpt.pt")
+    data = bytearray(path.read_bytes())
+    data[-1] = 0x01  # the comment length's high byte: 256 bytes of comment the file does not hold
+    path.write_bytes(bytes(data))
+    assert zipfile.ZipFile(path).testzip() is None
+    assert _layout(path).member("data.pkl") is not None
+
+
+def test_zip64_locator_with_a_wrong_offset_is_read_as_zip_readers_read_it(tmp_path: Path) -> None:
+    # zipfile and torch's reader take the zip64 end record right before the locator.
+    path = _save(tmp_path / "ckpt.pt")
+    data = bytearray(path.read_bytes())
+    locator = data.rindex(b"PK\x06\x07")
+    data[locator + 8] ^= 0x01  # low byte of the zip64 end record's offset
+    path.write_bytes(bytes(data))
+    assert zipfile.ZipFile(path).testzip() is None
+    assert _layout(path).member("data.pkl") is not None
+
+
+@pytest.mark.parametrize(
+    ("signature", "field"),
+    [(b"PK\x06\x06", 20), (b"PK\x06\x07", 18)],
+    ids=["zip64-record-cd-disk", "locator-disk-count"],
+)
+def test_zip64_records_naming_other_disks_are_damage(tmp_path: Path, signature: bytes, field: int) -> None:
+    # Found by the property tests: torch's reader refuses these as multi-disk archives.
+    path = _save(tmp_path / "ckpt.pt")
+    data = bytearray(path.read_bytes())
+    record = data.rindex(signature)
+    data[record + field] ^= 0x01
+    path.write_bytes(bytes(data))
+    with open(path, "rb") as f, pytest.raises(torch_zip.ZipDamage, match="multi-part"):
+        torch_zip.read_central_directory(f, len(data))
+    with pytest.raises(RuntimeError):
+        torch.load(path, weights_only=True)
