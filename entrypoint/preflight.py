@@ -12,6 +12,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from entrypoint import __version__, run_lock
 from entrypoint.checkpoints.install import give_own_copy
@@ -37,6 +38,7 @@ from entrypoint.probes.storage import (
     probe_shm,
     probe_space,
 )
+from entrypoint.readiness import readiness_checks
 from entrypoint.settings import SPECS, LoadedSettings, Settings
 from entrypoint.train.commands import build_trainer_argv, prepare_stock_layout
 from entrypoint.wait import wait_for_path, wait_until_stable
@@ -54,6 +56,7 @@ class PreflightResult:
     argv: list[str]
     env: dict[str, str]  # the complete environment the trainer is exec'd with
     notes: list[str] = field(default_factory=list)
+    readiness: dict[str, Any] = field(default_factory=dict)  # batch plan and dataset facts (readiness)
 
     @property
     def status(self) -> str:
@@ -265,6 +268,9 @@ def run_preflight(
     checks += _disk_checks(settings)
     dataset_result, vocab_size = check_dataset(settings.dataset_dir, vocab_path(settings))
     checks.append(dataset_result)
+    # readiness: dataset text, vocabulary coverage and the batch plan (entrypoint/readiness)
+    readiness_results, readiness = readiness_checks(settings, vocab_path(settings), processes)
+    checks += readiness_results
     checks.append(check_logger(settings.logger, environ, loaded.file_values))
 
     if command:
@@ -310,5 +316,5 @@ def run_preflight(
     report_path = settings.output_dir / REPORT_DIR_NAME / "report.json"
     env = trainer_environment(loaded, environ, cpu, outcome, report_path, gpu.count)
     return PreflightResult(
-        loaded, "run" if apply else "check", cpu, gpu, processes, checks, outcome, argv, env, notes
+        loaded, "run" if apply else "check", cpu, gpu, processes, checks, outcome, argv, env, notes, readiness
     )

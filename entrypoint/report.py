@@ -62,6 +62,7 @@ def build_report(result: PreflightResult) -> dict[str, Any]:
         ],
         "trainer": {"argv": list(result.argv)},
         "notes": list(result.notes),
+        "readiness": result.readiness,
     }
 
 
