@@ -1,0 +1,1 @@
+"""Subcommands of `preflight`, one module each: `add_parser(subparsers)` and `run(args) -> exit code`."""
