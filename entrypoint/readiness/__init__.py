@@ -2,7 +2,7 @@
 
 One entry point for the preflight: `readiness_checks(settings, vocab_path, processes)` returns the check
 results and the data (batch plan, missing characters, audio facts) for `check --json`. Torch-free; the text
-checks need pyarrow and numpy (the trainer's environment has them) and say so when they are missing.
+checks need pyarrow (the trainer's environment has it) and say so when they are missing.
 """
 
 from __future__ import annotations

@@ -14,25 +14,23 @@ NAME = "audio"
 BUCKETS_S = (0.3, 1, 2, 5, 10, 15, 20, 30)  # edges in seconds; F5-TTS trains on 0.3-30 s
 
 
-def histogram(durations: list[float]) -> list[dict[str, Any]]:
+def histogram(sorted_durations: list[float]) -> list[dict[str, Any]]:
+    """Clips and hours per bucket [low, high); a clip of exactly 30 s counts with the 20-30 s ones, as F5-TTS
+    keeps it."""
     edges = (0.0, *BUCKETS_S, math.inf)
-    counts = [0] * (len(edges) - 1)
-    seconds = [0.0] * (len(edges) - 1)
-    for value in durations:
-        # Buckets are [low, high); a clip of exactly 30 s counts with the 20-30 s ones, as F5-TTS keeps it.
-        index = max(0, bisect.bisect_right(edges, value) - 1)
-        if value == BUCKETS_S[-1]:
-            index -= 1
-        counts[index] += 1
-        seconds[index] += value
+    bounds = [0]
+    for edge in edges[1:-1]:
+        side = bisect.bisect_right if edge == BUCKETS_S[-1] else bisect.bisect_left
+        bounds.append(side(sorted_durations, edge))
+    bounds.append(len(sorted_durations))
     return [
         {
             "from_s": edges[i],
             "to_s": None if math.isinf(edges[i + 1]) else edges[i + 1],
-            "clips": counts[i],
-            "hours": seconds[i] / 3600,
+            "clips": bounds[i + 1] - bounds[i],
+            "hours": math.fsum(sorted_durations[bounds[i] : bounds[i + 1]]) / 3600,
         }
-        for i in range(len(counts))
+        for i in range(len(edges) - 1)
     ]
 
 
@@ -42,14 +40,15 @@ def audio_facts(facts: DatasetFacts) -> tuple[CheckResult, dict[str, Any]]:
         return CheckResult(NAME, OK, "no clips"), {"clips": 0}
     order = sorted(range(len(durations)), key=durations.__getitem__)
     shortest, longest = order[0], order[-1]
-    middle = durations[order[len(order) // 2]]
+    ordered = [durations[i] for i in order]
+    middle = ordered[len(order) // 2]
     data = {
         "clips": len(durations),
         "hours": math.fsum(durations) / 3600,
         "median_s": middle,
         "shortest": {"row": shortest, "seconds": durations[shortest], "audio": facts.audio_path(shortest)},
         "longest": {"row": longest, "seconds": durations[longest], "audio": facts.audio_path(longest)},
-        "histogram": histogram(durations),
+        "histogram": histogram(ordered),
     }
     message = (
         f"{len(durations)} clips, {data['hours']:.2f} h; {durations[shortest]:.2f}-{durations[longest]:.2f} s "

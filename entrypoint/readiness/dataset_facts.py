@@ -1,9 +1,10 @@
 """What the prepared dataset holds, read once for every readiness check: durations and text tokens.
 
 `duration.json` is plain JSON. `raw.arrow` (an Arrow stream written by F5-TTS's prepare_csv_wavs through
-`datasets`) is read with pyarrow and numpy when they can be imported, memory-mapped and column-wise: the
-text column becomes one table of distinct tokens with their counts and the first row that uses each, which
-is all the vocabulary and text checks need, even for 100,000 clips. Without pyarrow the text is skipped and
+`datasets`) is read with pyarrow when it can be imported, memory-mapped and column-wise: the text column
+becomes one table of distinct tokens with their counts (the first row that uses a token is looked up only
+for the few tokens shown as examples), which is all the vocabulary and text checks need, even for 100,000
+clips. Without pyarrow the text is skipped and
 the checks say so.
 """
 
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 RAW_ARROW = "raw.arrow"
 DURATION_JSON = "duration.json"
+ARROW_STREAM_START = b"\xff\xff\xff\xff"  # an Arrow IPC stream's first message: continuation marker
 
 
 class DatasetUnreadable(Exception):
@@ -30,7 +33,7 @@ class TextFacts:
 
     rows: int
     counts: dict[str, int]  # token -> occurrences
-    first_row: dict[str, int]  # token -> first row that uses it
+    first_row: Mapping[str, int]  # token -> first row that uses it
     tokens_per_row: list[int]
     _column: Any = field(repr=False, default=None)  # the Arrow column, for example texts
 
@@ -46,12 +49,15 @@ class TextFacts:
         import pyarrow.compute as pc
 
         column = self._column
-        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-            flat = pc.list_flatten(column)
-            parents = pc.list_parent_indices(column)
-            hits = pc.filter(parents, pc.is_in(flat, value_set=pa.array(sorted(tokens))))
-            return len(pc.unique(hits))
-        return sum(1 for text in column.to_pylist() if text and any(token in text for token in tokens))
+        if not _is_list(column.type):
+            return sum(1 for text in column.to_pylist() if text and any(token in text for token in tokens))
+        wanted = pa.array(sorted(tokens), type=pa.string())
+        rows = 0
+        for chunk in column.chunks:
+            hits = pc.is_in(pc.list_flatten(chunk), value_set=wanted)
+            if pc.any(hits).as_py():
+                rows += len(pc.unique(pc.filter(pc.list_parent_indices(chunk), hits)))
+        return rows
 
 
 @dataclass
@@ -89,16 +95,26 @@ def probe_dataset(folder: Path, *, read_text: bool = True) -> DatasetFacts:
     if not read_text:
         facts.text_skipped = "not asked for"
         return facts
+    arrow = folder / RAW_ARROW
     try:
-        import numpy  # noqa: F401 - the token table is built with numpy
-        import pyarrow as pa
-    except ImportError:
-        facts.text_skipped = "pyarrow/numpy are not installed here (they are in the trainer's environment)"
+        with open(arrow, "rb") as handle:
+            head = handle.read(len(ARROW_STREAM_START))
+    except OSError as error:
+        facts.text_skipped = f"{arrow} cannot be read: {error.strerror or error}"
+        return facts
+    if head != ARROW_STREAM_START:
+        # Not worth importing pyarrow for (it takes a while): datasets writes raw.arrow as an Arrow stream.
+        facts.text_skipped = f"{arrow} is not an Arrow stream as prepare_csv_wavs writes it"
         return facts
     try:
-        table = pa.ipc.open_stream(pa.memory_map(str(folder / RAW_ARROW))).read_all()
+        import pyarrow as pa
+    except ImportError:
+        facts.text_skipped = "pyarrow is not installed here (they are in the trainer's environment)"
+        return facts
+    try:
+        table = pa.ipc.open_stream(pa.memory_map(str(arrow))).read_all()
     except (OSError, pa.ArrowException) as error:
-        facts.text_skipped = f"{folder / RAW_ARROW} cannot be read as an Arrow stream ({error})"
+        facts.text_skipped = f"{arrow} cannot be read as an Arrow stream ({error})"
         return facts
     names = set(table.column_names)
     if "text" not in names:
@@ -107,18 +123,42 @@ def probe_dataset(folder: Path, *, read_text: bool = True) -> DatasetFacts:
     if "duration" in names:
         facts.row_durations = table.column("duration").to_pylist()
     if "audio_path" in names:
-        facts.audio_paths = table.column("audio_path").combine_chunks()
-    facts.text = _text_facts(table.column("text").combine_chunks())
+        facts.audio_paths = table.column("audio_path")
+    facts.text = _text_facts(table.column("text"))
     return facts
 
 
+class _FirstRows:
+    """token -> the first row that uses it, found when asked (only a few tokens ever need an example)."""
+
+    def __init__(self, column: Any) -> None:
+        self._column = column
+        self._found: dict[str, int] = {}
+
+    def __getitem__(self, token: str) -> int:
+        if token not in self._found:
+            import pyarrow.compute as pc
+
+            offset = 0
+            for chunk in self._column.chunks:
+                position = pc.index(pc.list_flatten(chunk), token).as_py()
+                if position >= 0:
+                    parents = pc.list_parent_indices(chunk)
+                    self._found[token] = offset + parents[position].as_py()
+                    break
+                offset += len(chunk)
+            else:
+                raise KeyError(token)
+        return self._found[token]
+
+
 def _text_facts(column: Any) -> TextFacts:
-    import numpy as np
-    import pyarrow as pa
+    """Counts in one pass of Arrow's own kernels over the chunks as they lie in the memory-mapped file (no
+    copy of the whole column, no Python object per token)."""
     import pyarrow.compute as pc
 
     rows = len(column)
-    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+    if not _is_list(column.type):
         # A plain string per row (a dataset not made by prepare_csv_wavs): F5-TTS iterates its characters.
         counts: Counter[str] = Counter()
         first: dict[str, int] = {}
@@ -130,24 +170,16 @@ def _text_facts(column: Any) -> TextFacts:
                 first[token] = index
             counts.update(text)
         return TextFacts(rows, dict(counts), first, lengths, column)
-    flat = pc.list_flatten(column)
-    lengths = pc.list_value_length(column).fill_null(0).to_pylist()
-    if len(flat) == 0:
-        return TextFacts(rows, {}, {}, lengths, column)
-    encoded = flat.dictionary_encode()
-    tokens = encoded.dictionary.to_pylist()
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
-    counts_array = np.bincount(codes, minlength=len(tokens))
-    # Dictionary codes are handed out in order of first appearance, so the first position of each code is
-    # where the running maximum grows.
-    running = np.maximum.accumulate(codes)
-    starts = np.flatnonzero(np.diff(running, prepend=-1) > 0)
-    parents = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
-    first_rows = parents[starts]
-    return TextFacts(
-        rows,
-        {token: int(n) for token, n in zip(tokens, counts_array, strict=True)},
-        {token: int(row) for token, row in zip(tokens, first_rows, strict=True)},
-        lengths,
-        column,
+    frequencies = pc.value_counts(pc.list_flatten(column))
+    counts_by_token = dict(
+        zip(frequencies.field("values").to_pylist(), frequencies.field("counts").to_pylist(), strict=True)
     )
+    counts_by_token.pop(None, None)
+    lengths = pc.list_value_length(column).fill_null(0).to_pylist()
+    return TextFacts(rows, counts_by_token, _FirstRows(column), lengths, column)  # type: ignore[arg-type]
+
+
+def _is_list(arrow_type: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type))
