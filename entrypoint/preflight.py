@@ -38,7 +38,7 @@ from entrypoint.probes.storage import (
     probe_shm,
     probe_space,
 )
-from entrypoint.readiness import readiness_checks
+from entrypoint.readiness import fingerprint_step, readiness_checks
 from entrypoint.settings import SPECS, LoadedSettings, Settings
 from entrypoint.train.commands import build_trainer_argv, prepare_stock_layout
 from entrypoint.wait import wait_for_path, wait_until_stable
@@ -307,6 +307,18 @@ def run_preflight(
     outcome = resolve_checkpoint(settings, apply=act, expect=expect)
     checks.append(CheckResult("checkpoint", outcome.status, outcome.message, outcome.fix))
     notes: list[str] = []
+    # readiness: has the dataset or batch plan changed since the checkpoint's run? (entrypoint/readiness)
+    changed, unrecorded = fingerprint_step(
+        settings,
+        vocab_path(settings),
+        processes,
+        readiness,
+        checkpoint_kind=outcome.kind,
+        update=outcome.update,
+        record=act and outcome.status != FAIL,
+    )
+    checks += [changed] if changed else []
+    notes += [unrecorded] if unrecorded else []
     if stock:
         ready = act and outcome.status != FAIL
         notes += prepare_stock_layout(settings, apply=ready)

@@ -80,3 +80,28 @@ def _checkpoint_bytes(settings: Any) -> int:
     if settings.checkpoint_size_gb is not None:
         return int(settings.checkpoint_size_gb * 1e9)
     return PRESETS[settings.model_preset].estimated_checkpoint_bytes()
+
+
+def fingerprint_step(
+    settings: Any,
+    vocab_path: Path,
+    processes: int,
+    readiness: dict[str, Any],
+    *,
+    checkpoint_kind: str,
+    update: int | None,
+    record: bool,
+) -> tuple[CheckResult | None, str | None]:
+    """Compare the dataset fingerprint with the run that trained the checkpoint being resumed; with `record`
+    (the trainer is about to start), store this run's. Returns the check result (None when nothing to
+    compare) and a note when recording failed."""
+    from entrypoint.naming import REPORT_DIR_NAME
+    from entrypoint.readiness.fingerprint import check_fingerprint, dataset_fingerprint, record_fingerprint
+
+    report_dir = settings.output_dir / REPORT_DIR_NAME
+    plan = readiness.get("batch_plan") or {}
+    fingerprint = dataset_fingerprint(settings, vocab_path, processes, plan.get("batches_per_process"))
+    result = check_fingerprint(report_dir, fingerprint, checkpoint_kind=checkpoint_kind, update=update)
+    readiness["fingerprint"] = fingerprint
+    problem = record_fingerprint(report_dir, fingerprint, update or 0) if record else None
+    return result, problem
