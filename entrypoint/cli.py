@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from entrypoint import __version__
+from entrypoint.commands import dataset as dataset_command
 from entrypoint.commands import vocab as vocab_command
 from entrypoint.errors import (
     EXIT_CHECK_FAILED,
@@ -48,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--preset", help="check tensor shapes against this model preset")
     validate.add_argument("--vocab-file", help="vocabulary for the shape check (with --preset)")
     vocab_command.add_parser(commands)  # vocab extend (entrypoint/commands/vocab.py)
+    dataset_command.add_parser(commands)  # dataset scan (entrypoint/commands/dataset.py)
     settings = commands.add_parser("settings", help="list every variable with its value and origin")
     settings.add_argument("--env-file", help="settings file (default: $ENV_FILE, else ./.env)")
     settings.add_argument("--markdown", action="store_true", help="the README's table of variables")
@@ -158,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args)
         if args.command == "vocab":
             return vocab_command.run(args)
+        if args.command == "dataset":
+            return dataset_command.run(args)
         return _settings(args)
     except PreflightError as error:
         # A bad value may be a pasted secret: redact before printing, even before settings are loaded.
