@@ -18,7 +18,7 @@ from entrypoint.errors import (
 )
 from entrypoint.redact import Redactor, secret_values
 
-COMMANDS = ("run", "check", "validate", "settings")
+COMMANDS = ("run", "check", "validate", "settings", "vocab", "dataset")
 
 
 def _module(name: str) -> ModuleType:

@@ -30,6 +30,7 @@ from entrypoint.probes.storage import (
     probe_shm,
     probe_space,
 )
+from entrypoint.readiness import readiness_checks
 from entrypoint.settings import LoadedSettings, Settings
 from entrypoint.wait import wait_for_path, wait_until_stable
 
@@ -49,6 +50,8 @@ class Facts:
     checkpoint_bytes_source: str
     dataset: CheckResult
     vocab_size: int | None
+    readiness: tuple[CheckResult, ...]  # dataset text, vocabulary coverage, batch plan (entrypoint/readiness)
+    readiness_data: dict[str, Any]  # the batch plan, missing characters, audio facts: `check --json`
     processes: int  # training processes: TRAIN_PROCESSES, else one per visible GPU
     argv: list[str]  # the command after `--`, TRAINER_COMMAND split like a shell, or the mode's trainer
     builtin: bool  # argv is the built-in trainer of TRAINER_MODE
@@ -99,6 +102,9 @@ def gather_facts(
     else:
         argv = mode_for(settings).argv(settings, processes)  # a bad combination is a ConfigError (exit 2)
     problem = timed("trainer", lambda: trainer_problem(argv, environ))
+    readiness, readiness_data = timed(
+        "readiness", lambda: readiness_checks(settings, settings.vocab_path, processes)
+    )
     return Facts(
         gpu=gpu,
         cpu=timed("cpu", probe_cpu),
@@ -113,6 +119,8 @@ def gather_facts(
         checkpoint_bytes_source=source,
         dataset=dataset,
         vocab_size=vocab_size,
+        readiness=tuple(readiness),
+        readiness_data=readiness_data,
         processes=processes,
         argv=argv,
         builtin=not command and not settings.trainer_command,

@@ -28,6 +28,7 @@ from entrypoint.handoff import Handoff, TrainingOptions
 from entrypoint.modes import SafeMode, mode_for
 from entrypoint.naming import REPORT_DIR_NAME
 from entrypoint.probes.cpu import CpuFacts
+from entrypoint.readiness.fingerprint import FILE_NAME as FINGERPRINT_FILE
 from entrypoint.run_lock import LOCK_NAME
 from entrypoint.settings import SPECS, LoadedSettings, Settings
 
@@ -59,8 +60,13 @@ class Plan:
 
 
 def plan_preflight(
-    loaded: LoadedSettings, facts: Facts, checkpoint: CheckpointPlan, environ: Mapping[str, str]
+    loaded: LoadedSettings,
+    facts: Facts,
+    checkpoint: CheckpointPlan,
+    environ: Mapping[str, str],
+    fingerprint: CheckResult | None = None,
 ) -> Plan:
+    """`fingerprint`: how the dataset and batch plan compare with the run that wrote the checkpoint."""
     settings = loaded.settings
     mode = mode_for(settings)
     cpu = plan_cpu(
@@ -88,6 +94,7 @@ def plan_preflight(
         checks.append(check_writable(labels[variable], variable, folder))
     checks += _disk_checks(settings, facts)
     checks.append(facts.dataset)
+    checks += facts.readiness
     checks.append(check_logger(settings.logger, environ, loaded.file_values))
     checks.append(_trainer_check(settings, facts))
     checks.append(_lock_check(settings, facts))
@@ -95,6 +102,8 @@ def plan_preflight(
     if layout_problem is not None:
         checks.append(layout_problem)
     checks.append(CheckResult("checkpoint", checkpoint.status, checkpoint.message, checkpoint.fix))
+    if fingerprint is not None:
+        checks.append(fingerprint)
 
     mixed_precision = settings.mixed_precision if facts.gpu.count else "no"
     report = settings.output_dir / REPORT_DIR_NAME / "report.json"
@@ -119,7 +128,12 @@ def plan_preflight(
             training=TrainingOptions.from_settings(settings),
             preflight_version=__version__,
         )
-        actions = (*_folder_actions(facts), *checkpoint.actions, *layout)
+        actions = (
+            *_folder_actions(facts),
+            *checkpoint.actions,
+            *layout,
+            *_record(settings, facts, checkpoint),
+        )
     return Plan(
         settings=settings,
         mode=mode,
@@ -146,6 +160,18 @@ def _folder_actions(facts: Facts) -> list[Action]:
     creates_output = [a for a in planned if a.path == output]
     rest = [a for a in planned if a.path != output]
     return [*creates_output, lock, *rest]
+
+
+def _record(settings: Settings, facts: Facts, checkpoint: CheckpointPlan) -> list[Action]:
+    """The dataset fingerprint this run starts with, so a later resume can tell what changed."""
+    fingerprint = facts.readiness_data.get("fingerprint")
+    if not fingerprint:
+        return []
+    path = settings.output_dir / REPORT_DIR_NAME / FINGERPRINT_FILE
+    details = {"fingerprint": fingerprint, "update": checkpoint.update or 0}
+    return [
+        Action(act.RECORD_FINGERPRINT, path, None, "for the resume checks of later runs", details=details)
+    ]
 
 
 def _settings_check(loaded: LoadedSettings) -> CheckResult:

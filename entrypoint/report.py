@@ -86,6 +86,7 @@ def build_report(
         ],
         "trainer": {"argv": list(plan.argv)},
         "notes": [],
+        "readiness": plan.facts.readiness_data,
     }
 
 
@@ -108,24 +109,34 @@ TERMINAL_WIDTH = 100
 _ORDER = {FAIL: 0, WARN: 1}
 
 
-def _wrapped(text: str, first: str, rest: str) -> list[str]:
-    """`text` in lines of at most TERMINAL_WIDTH columns (a path longer than that stays whole)."""
+def _wrapped(text: str, first: str, rest: str, width: int | None) -> list[str]:
+    """`text` in lines of at most `width` columns (a path longer than that stays whole); None: one line."""
+    if width is None:
+        return [first + text]
     return textwrap.wrap(
-        text, TERMINAL_WIDTH, initial_indent=first, subsequent_indent=rest, break_long_words=False
+        text,
+        width,
+        initial_indent=first,
+        subsequent_indent=rest,
+        break_long_words=False,
+        break_on_hyphens=False,
     ) or [first.rstrip()]
 
 
-def render_text(report: dict[str, Any]) -> str:
-    """The report for a terminal: failures first, then warnings, then the rest; lines of at most 100 columns;
-    the last line is the one next step to take."""
+def render_text(report: dict[str, Any], width: int | None = None) -> str:
+    """The report as text: failures first, then warnings, then the rest; the last line is the one next step.
+
+    `width` wraps it for a terminal (TERMINAL_WIDTH when the output is one); None keeps each item on one line,
+    as the log file wants it for grep.
+    """
     lines = [f"F5-TTS preflight {report['version']} ({report['mode']})"]
-    width = max((len(check["name"]) for check in report["checks"]), default=10)
-    indent = " " * (width + 10)
+    name_width = max((len(check["name"]) for check in report["checks"]), default=10)
+    indent = " " * (name_width + 10)
     for check in sorted(report["checks"], key=lambda c: _ORDER.get(c["status"], 2)):
-        head = f"  {check['status'].upper():<4}  {check['name']:<{width}}  "
-        lines += _wrapped(check["message"], head, indent)
+        head = f"  {check['status'].upper():<4}  {check['name']:<{name_width}}  "
+        lines += _wrapped(check["message"], head, indent, width)
         if check["fix"] and check["status"] in (WARN, FAIL):
-            lines += _wrapped(f"fix: {check['fix']}", indent, indent + "     ")
+            lines += _wrapped(f"fix: {check['fix']}", indent, indent + "     ", width)
     for item in report["quarantined"]:
         if item["moved_to"]:
             verb = "moved aside (valid, older)" if item["superseded"] else "quarantined"
@@ -136,11 +147,11 @@ def render_text(report: dict[str, Any]) -> str:
                 f"{dry if item['error'] == 'dry run' else 'NOT quarantined'} {item['path']}: {item['cause']}"
             )
             text += f" ({item['error']})" if item["error"] and item["error"] != "dry run" else ""
-        lines += _wrapped(text, "  ", "    ")
+        lines += _wrapped(text, "  ", "    ", width)
     for problem in report["checkpoint"]["problems"]:
-        lines += _wrapped(f"checkpoint: {problem}", "  ", "    ")
+        lines += _wrapped(f"checkpoint: {problem}", "  ", "    ", width)
     for note in report["notes"]:
-        lines += _wrapped(f"note: {note}", "  ", "    ")
+        lines += _wrapped(f"note: {note}", "  ", "    ", width)
     for action in report["actions"]:
         if action["what"] in ("quarantine", "move-aside"):
             continue  # listed above, with their causes
@@ -151,14 +162,14 @@ def render_text(report: dict[str, Any]) -> str:
             text = f"done: {line}"
         else:
             text = f"NOT done: {line} ({action['error']})"
-        lines += _wrapped(text, "  ", "    ")
+        lines += _wrapped(text, "  ", "    ", width)
     checkpoint = report["checkpoint"]
     if checkpoint["chosen"]:
         update = "" if checkpoint["update"] is None else f" at update {checkpoint['update']}"
-        lines += _wrapped(f"load: {checkpoint['chosen']} ({checkpoint['kind']}{update})", "  ", "    ")
+        lines += _wrapped(f"load: {checkpoint['chosen']} ({checkpoint['kind']}{update})", "  ", "    ", width)
     else:
         lines.append(f"  load: nothing ({checkpoint['kind']})")
-    lines += _wrapped("trainer: " + " ".join(report["trainer"]["argv"]), "  ", "    ")
+    lines += _wrapped("trainer: " + " ".join(report["trainer"]["argv"]), "  ", "    ", width)
     fails = sum(check["status"] == FAIL for check in report["checks"])
     warns = sum(check["status"] == WARN for check in report["checks"])
     verdict = {"ok": "ready", "warn": "ready, with warnings", "fail": "NOT ready: training would fail"}
@@ -166,7 +177,7 @@ def render_text(report: dict[str, Any]) -> str:
         f"summary: {report['status'].upper()}: {verdict[report['status']]} "
         f"({fails} failed, {warns} warning(s), {len(report['checks'])} checks)"
     )
-    lines += _wrapped(f"next: {next_step(report)}", "", "      ")
+    lines += _wrapped(f"next: {next_step(report)}", "", "      ", width)
     return "\n".join(lines)
 
 
@@ -198,3 +209,11 @@ def write_report(folder: Path, report: dict[str, Any], text: str) -> str | None:
     except OSError as error:
         return f"report not written to {folder}: {error.strerror or error}"
     return None
+
+
+def terminal_width(stream: Any) -> int | None:
+    """TERMINAL_WIDTH for an interactive terminal, None for a pipe or a file (one line per item for grep)."""
+    try:
+        return TERMINAL_WIDTH if stream.isatty() else None
+    except (AttributeError, ValueError):
+        return None

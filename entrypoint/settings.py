@@ -175,6 +175,13 @@ class Settings:
         maximum=100_000,
         optional=True,
     )
+    allow_unknown_chars: bool = _setting(
+        "bool",
+        "false",
+        "Train even when the dataset's text has characters the vocabulary lacks (F5-TTS reads them as "
+        "index 0); false: exit 3 and name them.",
+        "checks",
+    )
     wait_timeout_s: float = _setting(
         "float",
         "30",

@@ -6,6 +6,7 @@ embedding): two readers that split lines differently would let the check and the
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,6 +19,12 @@ def read_vocabulary(path: Path) -> dict[str, int]:
     """
     with open(path, encoding="utf-8") as handle:
         return _from_lines(handle)
+
+
+def vocabulary_from_text(text: str) -> dict[str, int]:
+    """The same for a file's text already read in text mode: lines end where text-mode reading ends them,
+    never at a form feed or another character `str.splitlines` would split at."""
+    return _from_lines(io.StringIO(text, newline=None))
 
 
 def _from_lines(lines: Iterable[str]) -> dict[str, int]:

@@ -12,6 +12,7 @@ from entrypoint.checkpoints.validate import Expectation
 from entrypoint.facts import gather_facts
 from entrypoint.modes import mode_for
 from entrypoint.plan import Plan, plan_preflight
+from entrypoint.readiness import fingerprint_check
 from entrypoint.redact import Redactor, secret_values
 from entrypoint.settings import LoadedSettings
 
@@ -41,4 +42,14 @@ def make_plan(
         settings, mode_for(settings), expect=Expectation(settings.model_preset, facts.vocab_size)
     )
     facts.cost_ms["checkpoint"] = (time.perf_counter() - start) * 1000
-    return plan_preflight(loaded, facts, checkpoint, environ)
+    fingerprint = None
+    if facts.readiness_data:
+        fingerprint = fingerprint_check(
+            settings,
+            settings.vocab_path,
+            facts.processes,
+            facts.readiness_data,
+            checkpoint_kind=checkpoint.kind,
+            update=checkpoint.update,
+        )
+    return plan_preflight(loaded, facts, checkpoint, environ, fingerprint)

@@ -21,7 +21,7 @@ from entrypoint.handoff import handoff_path, write_handoff
 from entrypoint.launch import exec_trainer
 from entrypoint.logfile import TEE_MARKER, tee_descriptors, tee_output
 from entrypoint.plan import LOCK_FIX, Plan
-from entrypoint.report import build_report, redact_tree, render_text, write_report
+from entrypoint.report import build_report, redact_tree, render_text, terminal_width, write_report
 from entrypoint.settings import load_settings
 
 HELP = "check, perform the planned actions (quarantine, install), then exec the trainer [-- CMD ...]"
@@ -53,16 +53,15 @@ def run(args: argparse.Namespace, command: list[str] | None = None) -> int:
         if warning:
             outcome = dataclasses.replace(outcome, problems=(*outcome.problems, warning))
     report = redact_tree(build_report(plan, outcome, "run", performed, extra), redact)
-    text = render_text(report)
+    note = ""
     if not _lock_refused(plan, performed):
-        problem = write_report(plan.report_dir, report, text)
-        if problem:
-            text += f"\n  note: {problem}"
+        problem = write_report(plan.report_dir, report, render_text(report))
+        note = f"\n  note: {problem}" if problem else ""
     if args.json:
         print(json.dumps(report, indent=2))
-        print(text, file=sys.stderr)
+        print(render_text(report, terminal_width(sys.stderr)) + note, file=sys.stderr)
     else:
-        print(text)
+        print(render_text(report, terminal_width(sys.stdout)) + note)
     if report["status"] == "fail" or plan.handoff is None:
         return EXIT_CHECK_FAILED
     path = handoff_path(plan.report_dir)

@@ -91,11 +91,55 @@ def test_check_reports_and_changes_nothing(workspace: Path) -> None:
     assert snapshot(workspace) == before
 
 
-def test_check_text_has_a_line_per_check_and_a_summary(workspace: Path) -> None:
+def test_check_text_puts_failures_first_and_ends_with_the_next_step(workspace: Path) -> None:
     done = preflight(workspace, "check", *env_args(workspace))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1].startswith("summary: ")
+    lines = done.stdout.rstrip("\n").splitlines()
+    assert lines[-1].startswith("next: start training") and lines[-2].startswith("summary: ")
     assert "  OK    cpu" in done.stdout or "  WARN  cpu" in done.stdout
+    failing = preflight(
+        workspace, "check", *env_args(workspace), env={"DATASET_DIR": str(workspace / "none")}
+    )
+    statuses = [
+        line.split()[0]
+        for line in failing.stdout.splitlines()[1:]
+        if line[:6].strip() in ("OK", "WARN", "FAIL")
+    ]
+    assert statuses[0] == "FAIL" and statuses == sorted(statuses, key=["FAIL", "WARN", "OK"].index)
+    assert failing.stdout.rstrip().splitlines()[-1].startswith("next: dataset:")
+
+
+def test_check_on_a_terminal_fits_100_columns(workspace: Path) -> None:
+    """Through a real pseudo-terminal, as a user sees it; piped (the log, grep) each item stays one line."""
+    import pty
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFLIGHT_", "WANDB"))}
+    env.pop("ENV_FILE", None)
+    main, child = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "entrypoint", "check", *env_args(workspace)],
+        cwd=workspace,
+        env=env,
+        stdin=child,
+        stdout=child,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(child)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    process.wait(timeout=120)
+    os.close(main)
+    lines = output.decode().replace("\r\n", "\n").rstrip("\n").splitlines()
+    assert lines[-1].startswith("next: ") and len(lines) > 10
+    too_long = [line for line in lines if len(line) > 100 and len(line.split()) > 2]
+    assert too_long == [], too_long  # only a lone path longer than the terminal may stick out
 
 
 def test_typo_is_reported(workspace: Path) -> None:

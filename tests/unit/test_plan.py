@@ -63,6 +63,8 @@ def _facts(loaded, *, cpus: float = 12, gpus: int = 0, **changes: object) -> Fac
         checkpoint_bytes_source="largest checkpoint present",
         dataset=CheckResult("dataset", OK, "raw.arrow 1 GB"),
         vocab_size=2545,
+        readiness=(),
+        readiness_data={},
         processes=max(1, gpus),
         argv=["/venv/bin/python", "-m", "entrypoint.train"],
         builtin=True,
