@@ -80,6 +80,7 @@ class _Request:
     expect: Expectation | None
     reference_size: int | None
     progress: Callable[[int, int], None] | None
+    threads: int = 1
 
 
 class _Failed(Exception):
@@ -126,8 +127,12 @@ def validate_file(
     load: bool = False,
     reference_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    threads: int = 1,
 ) -> Verdict:
-    """Check one file. Never raises for a bad or unreadable file: the Verdict says what is wrong."""
+    """Check one file. Never raises for a bad or unreadable file: the Verdict says what is wrong.
+
+    `threads`: how many CPUs the deep check may keep busy (the container's usable CPUs).
+    """
     path = Path(path)
     state = _Progress(path, 0, details={})
     try:
@@ -141,7 +146,7 @@ def validate_file(
         if state.size == 0:
             raise _Failed("structure", "empty file")
         with open(path, "rb", buffering=0) as f:
-            _check(f, state, _Request(deep, expect, reference_size, progress))
+            _check(f, state, _Request(deep, expect, reference_size, progress, max(1, threads)))
         if load:
             _load_with_torch(path, state)
         return state.verdict(True)
@@ -241,7 +246,7 @@ def _check_torch_zip(f: BinaryIO, state: _Progress, request: _Request) -> None:
 
     if request.deep:
         try:
-            counts = torch_zip.check_crcs(f, tz, progress=request.progress)
+            counts = torch_zip.check_crcs(f, tz, progress=request.progress, threads=request.threads)
         except torch_zip.ZipDamage as damage:
             raise _Failed("integrity", _zip_cause(f, state, damage, request.reference_size)) from None
         except OSError as exc:  # a bad sector shows up only when every byte is read

@@ -1,0 +1,281 @@
+"""Reading a file's byte ranges at the disk's speed and hashing them, on one or several threads.
+
+- CRC-32 from ISA-L (`isal`, the `fast` extra) where it is installed, several times faster than zlib's;
+  `zlib.crc32` otherwise, so the preflight still runs with only its two runtime dependencies.
+- Reads go into one reused buffer per thread (`os.preadv`, no copy beyond the kernel's), and the kernel is
+  asked to read ahead of them (`POSIX_FADV_WILLNEED` over a window), so the disk works while a chunk is hashed.
+- DEFLATED members are inflated with a bounded output per call: memory stays constant whatever they claim.
+- Several ranges are hashed at once when the caller allows more than one thread (zlib, ISA-L and hashlib
+  release the GIL). The threads share no lock with the caller: results come back through a `SimpleQueue`
+  (whose `put` is reentrant) and cancellation is a plain flag, so an interrupt (SIGINT, SIGTERM handler) in
+  the calling thread at any moment ends the work after at most one chunk per thread, with bounded joins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import queue
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+try:  # optional: ISA-L's CRC-32, same results as zlib's
+    from isal.isal_zlib import crc32 as _fast_crc32
+except ImportError:  # pragma: no cover - depends on what is installed
+    _fast_crc32 = None
+
+Crc32 = Callable[..., int]
+crc32: Crc32 = _fast_crc32 if _fast_crc32 is not None else zlib.crc32
+IMPLEMENTATION = "isal" if _fast_crc32 is not None else "zlib"
+
+STORED = 0
+DEFLATED = 8
+CHUNK_BYTES = 8 * 1024 * 1024
+# How far ahead of the reads the kernel is asked to fetch: a few chunks keep the disk busy while one is
+# hashed, without pushing much of the page cache out for files larger than memory.
+READAHEAD_BYTES = 64 * 1024 * 1024
+# After a stop, how long the caller waits for its threads (each stops after its current chunk) before it
+# leaves them behind: they own their file descriptors and buffers, so nothing they touch goes away.
+JOIN_BUDGET_S = 2.0
+_POLL_S = 0.2
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class InflateError(Exception):
+    """A DEFLATED range that is not valid deflate data, or (`too_large`) inflates past the size it claims."""
+
+    def __init__(self, cause: str, *, too_large: bool = False) -> None:
+        super().__init__(cause)
+        self.too_large = too_large
+
+
+class Readahead:
+    """Asks the kernel to fetch [pos, pos + window) ahead of the reads; shared by the reading threads.
+
+    Races between threads only repeat a request for pages already on their way, which costs nothing.
+    """
+
+    def __init__(self, fd: int, end: int, window: int = READAHEAD_BYTES) -> None:
+        self._fd = fd
+        self._end = end
+        self._window = window
+        self._issued = 0
+        self._works = hasattr(os, "posix_fadvise")
+
+    def start(self, begin: int) -> None:
+        if self._works:
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self._fd, begin, self._end - begin, os.POSIX_FADV_SEQUENTIAL)
+        self._issued = begin
+        self.reached(begin)
+
+    def reached(self, pos: int) -> None:
+        """Called before reading at `pos`: request the next window once half of the last one is used."""
+        if not self._works or self._issued >= self._end or pos + self._window // 2 < self._issued:
+            return
+        begin = max(pos, self._issued)
+        stop = min(self._end, pos + self._window)
+        self._issued = stop
+        if stop > begin:
+            try:
+                os.posix_fadvise(self._fd, begin, stop - begin, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                self._works = False
+
+
+class RangeReader:
+    """Reads byte ranges of a file into one reused buffer through its own duplicate of the descriptor.
+
+    The duplicate keeps a reader valid even if the caller closes its file while the reader still runs.
+    """
+
+    def __init__(self, fd: int, readahead: Readahead, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self._fd = os.dup(fd)
+        self._readahead = readahead
+        self._buf = bytearray(chunk_bytes)
+        self._view = memoryview(self._buf)
+
+    @property
+    def chunk_bytes(self) -> int:
+        return len(self._buf)
+
+    def read(self, offset: int, length: int) -> memoryview:
+        """Up to one chunk of bytes at `offset` (fewer only at the end of the file); valid until the next read."""
+        want = min(length, len(self._buf))
+        self._readahead.reached(offset + want)
+        got = 0
+        while got < want:
+            n = os.preadv(self._fd, [self._view[got:want]], offset + got)
+            if n == 0:
+                break
+            got += n
+        return self._view[:got]
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+@dataclass(frozen=True)
+class RangeCrc:
+    crc: int
+    size: int  # bytes after inflation
+    read: int  # bytes read from the file (less than asked when the file ends early)
+
+
+def crc_of_range(
+    reader: RangeReader, offset: int, length: int, method: int, size_limit: int, *, first: bytes = b""
+) -> RangeCrc:
+    """CRC-32 of `length` stored or deflated bytes at `offset`, inflating at most `size_limit` + 1 bytes.
+
+    `first` holds bytes of the range already read (a prefix), so a small member costs one read in all.
+    """
+    inflate = zlib.decompressobj(-15) if method == DEFLATED else None
+    value = 0
+    size = 0
+    done = 0
+
+    def feed(piece: memoryview | bytes) -> None:
+        nonlocal value, size
+        if inflate is None:
+            value = crc32(piece, value)
+            size += len(piece)
+            return
+        data: memoryview | bytes = piece
+        try:
+            while data and not inflate.eof:
+                out = inflate.decompress(data, reader.chunk_bytes)
+                value = crc32(out, value)
+                size += len(out)
+                if size > size_limit:
+                    raise InflateError("inflates past its recorded size", too_large=True)
+                data = inflate.unconsumed_tail
+        except zlib.error as exc:
+            raise InflateError("cannot be decompressed") from exc
+
+    if first:
+        feed(first[:length])
+        done = min(len(first), length)
+    while done < length:
+        view = reader.read(offset + done, length - done)
+        if not view:
+            break
+        feed(view)
+        done += len(view)
+    return RangeCrc(value, size, done)
+
+
+class _Cancel:
+    """A flag and a horizon read by the threads without a lock: item indexes above `last` are not started."""
+
+    def __init__(self, count: int) -> None:
+        self.last = count - 1
+
+
+@dataclass(frozen=True)
+class _Done(Generic[R]):
+    index: int
+    result: R | None
+    error: BaseException | None
+
+
+_FINISHED = object()
+
+
+def run_in_order(
+    items: Sequence[T],
+    work: Callable[[RangeReader, T], R],
+    *,
+    threads: int,
+    open_reader: Callable[[], RangeReader],
+) -> Iterator[R]:
+    """Results of `work(reader, item)` for each item, in item order, computed by up to `threads` threads.
+
+    The first error in item order is raised once every earlier item is done; later items are not started.
+    Closing the iterator early (or an exception in the caller, a KeyboardInterrupt included) stops the
+    threads after their current chunk and waits at most JOIN_BUDGET_S for them.
+    """
+    threads = max(1, min(threads, len(items)))
+    if threads == 1:
+        yield from _run_inline(items, work, open_reader)
+        return
+    cancel = _Cancel(len(items))
+    results: queue.SimpleQueue[_Done[R] | object] = queue.SimpleQueue()
+    counter = itertools.count()  # next() on it is atomic: no lock shared with the caller
+
+    def worker() -> None:
+        reader: RangeReader | None = None
+        try:
+            reader = open_reader()
+            while True:
+                index = next(counter)
+                if index > cancel.last:
+                    break
+                try:
+                    results.put(_Done(index, work(reader, items[index]), None))
+                except Exception as exc:  # handed to the caller, in item order
+                    results.put(_Done(index, None, exc))
+        except BaseException as exc:  # opening the reader failed
+            results.put(_Done(-1, None, exc))
+        finally:
+            if reader is not None:
+                reader.close()
+            results.put(_FINISHED)
+
+    pool = [threading.Thread(target=worker, name=f"crc-{n}", daemon=True) for n in range(threads)]
+    for thread in pool:
+        thread.start()
+    try:
+        yield from _collect(items, results, cancel, threads)
+    finally:
+        cancel.last = -1
+        deadline = time.monotonic() + JOIN_BUDGET_S
+        for thread in pool:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _collect(
+    items: Sequence[T], results: queue.SimpleQueue[_Done[R] | object], cancel: _Cancel, threads: int
+) -> Iterator[R]:
+    finished = 0
+    done: dict[int, _Done[R]] = {}
+    next_index = 0
+    while next_index < len(items):
+        try:
+            item = results.get(timeout=_POLL_S)
+        except queue.Empty:
+            continue
+        if item is _FINISHED:
+            finished += 1
+            if finished == threads and next_index not in done:
+                raise RuntimeError("hashing threads ended before every range was done")
+            continue
+        assert isinstance(item, _Done)
+        if item.index < 0 and item.error is not None:
+            raise item.error
+        done[item.index] = item
+        if item.error is not None:
+            cancel.last = min(cancel.last, item.index)
+        while next_index in done:
+            ready = done.pop(next_index)
+            next_index += 1
+            if ready.error is not None:
+                raise ready.error
+            yield ready.result  # type: ignore[misc]
+
+
+def _run_inline(
+    items: Sequence[T], work: Callable[[RangeReader, T], R], open_reader: Callable[[], RangeReader]
+) -> Iterator[R]:
+    reader = open_reader()
+    try:
+        for item in items:
+            yield work(reader, item)
+    finally:
+        reader.close()
