@@ -2,8 +2,9 @@
 
 - CRC-32 from ISA-L (`isal`, the `fast` extra) where it is installed, several times faster than zlib's;
   `zlib.crc32` otherwise, so the preflight still runs with only its two runtime dependencies.
-- Reads go into one reused buffer per thread (`os.preadv`, no copy beyond the kernel's), and the kernel is
-  asked to read ahead of them (`POSIX_FADV_WILLNEED` over a window), so the disk works while a chunk is hashed.
+- Reads go into one reused buffer per thread (`os.preadv`, no copy beyond the kernel's), each thread streams
+  its own contiguous part of the file sequentially, and the kernel reads ahead (`POSIX_FADV_SEQUENTIAL`), so
+  the disk works while a chunk is hashed.
 - DEFLATED members are inflated with a bounded output per call: memory stays constant whatever they claim.
 - Several ranges are hashed at once when the caller allows more than one thread (zlib, ISA-L and hashlib
   release the GIL). The threads share no lock with the caller: results come back through a `SimpleQueue`
@@ -36,9 +37,6 @@ IMPLEMENTATION = "isal" if _fast_crc32 is not None else "zlib"
 STORED = 0
 DEFLATED = 8
 CHUNK_BYTES = 8 * 1024 * 1024
-# How far ahead of the reads the kernel is asked to fetch: a few chunks keep the disk busy while one is
-# hashed, without pushing much of the page cache out for files larger than memory.
-READAHEAD_BYTES = 64 * 1024 * 1024
 # After a stop, how long the caller waits for its threads (each stops after its current chunk) before it
 # leaves them behind: they own their file descriptors and buffers, so nothing they touch goes away.
 JOIN_BUDGET_S = 2.0
@@ -56,49 +54,25 @@ class InflateError(Exception):
         self.too_large = too_large
 
 
-class Readahead:
-    """Asks the kernel to fetch [pos, pos + window) ahead of the reads; shared by the reading threads.
-
-    Races between threads only repeat a request for pages already on their way, which costs nothing.
-    """
-
-    def __init__(self, fd: int, end: int, window: int = READAHEAD_BYTES) -> None:
-        self._fd = fd
-        self._end = end
-        self._window = window
-        self._issued = 0
-        self._works = hasattr(os, "posix_fadvise")
-
-    def start(self, begin: int) -> None:
-        if self._works:
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(self._fd, begin, self._end - begin, os.POSIX_FADV_SEQUENTIAL)
-        self._issued = begin
-        self.reached(begin)
-
-    def reached(self, pos: int) -> None:
-        """Called before reading at `pos`: request the next window once half of the last one is used."""
-        if not self._works or self._issued >= self._end or pos + self._window // 2 < self._issued:
-            return
-        begin = max(pos, self._issued)
-        stop = min(self._end, pos + self._window)
-        self._issued = stop
-        if stop > begin:
-            try:
-                os.posix_fadvise(self._fd, begin, stop - begin, os.POSIX_FADV_WILLNEED)
-            except OSError:
-                self._works = False
-
-
 class RangeReader:
-    """Reads byte ranges of a file into one reused buffer through its own duplicate of the descriptor.
+    """Reads byte ranges of a file into one reused buffer, through a file description of its own.
 
-    The duplicate keeps a reader valid even if the caller closes its file while the reader still runs.
+    Its own description (a reopen of the same file, not a `dup`) gives each reader its own kernel read-ahead
+    state, so several readers each stream sequentially, and stays valid if the caller closes its file first.
     """
 
-    def __init__(self, fd: int, readahead: Readahead, chunk_bytes: int = CHUNK_BYTES) -> None:
-        self._fd = os.dup(fd)
-        self._readahead = readahead
+    def __init__(self, fd: int, chunk_bytes: int = CHUNK_BYTES) -> None:
+        try:
+            self._fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+            if os.fstat(self._fd).st_ino != os.fstat(fd).st_ino:
+                os.close(self._fd)
+                raise OSError("reopened another file")
+        except OSError:  # no /proc: share the caller's description
+            self._fd = os.dup(fd)
+        if hasattr(os, "posix_fadvise"):
+            # A larger kernel read-ahead window keeps the disk busy while a chunk is being hashed.
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         self._buf = bytearray(chunk_bytes)
         self._view = memoryview(self._buf)
 
@@ -109,7 +83,6 @@ class RangeReader:
     def read(self, offset: int, length: int) -> memoryview:
         """Up to one chunk of bytes at `offset` (fewer only at the end of the file); valid until the next read."""
         want = min(length, len(self._buf))
-        self._readahead.reached(offset + want)
         got = 0
         while got < want:
             n = os.preadv(self._fd, [self._view[got:want]], offset + got)
@@ -194,8 +167,12 @@ def run_in_order(
     *,
     threads: int,
     open_reader: Callable[[], RangeReader],
+    weight: Callable[[T], int] = lambda _item: 1,
 ) -> Iterator[R]:
     """Results of `work(reader, item)` for each item, in item order, computed by up to `threads` threads.
+
+    Each thread takes a contiguous run of items of about equal total `weight` (bytes), so each reads its part
+    of the file sequentially.
 
     The first error in item order is raised once every earlier item is done; later items are not started.
     Closing the iterator early (or an exception in the caller, a KeyboardInterrupt included) stops the
@@ -207,14 +184,12 @@ def run_in_order(
         return
     cancel = _Cancel(len(items))
     results: queue.SimpleQueue[_Done[R] | object] = queue.SimpleQueue()
-    counter = itertools.count()  # next() on it is atomic: no lock shared with the caller
 
-    def worker() -> None:
+    def worker(indexes: range) -> None:
         reader: RangeReader | None = None
         try:
             reader = open_reader()
-            while True:
-                index = next(counter)
+            for index in indexes:
                 if index > cancel.last:
                     break
                 try:
@@ -228,7 +203,12 @@ def run_in_order(
                 reader.close()
             results.put(_FINISHED)
 
-    pool = [threading.Thread(target=worker, name=f"crc-{n}", daemon=True) for n in range(threads)]
+    parts = _split(items, weight, threads)
+    threads = len(parts)
+    pool = [
+        threading.Thread(target=worker, args=(part,), name=f"crc-{n}", daemon=True)
+        for n, part in enumerate(parts)
+    ]
     for thread in pool:
         thread.start()
     try:
@@ -238,6 +218,20 @@ def run_in_order(
         deadline = time.monotonic() + JOIN_BUDGET_S
         for thread in pool:
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _split(items: Sequence[T], weight: Callable[[T], int], parts: int) -> list[range]:
+    """Contiguous index ranges of about equal total weight, none empty."""
+    weights = [max(1, weight(item)) for item in items]
+    total = sum(weights)
+    bounds = [0]
+    running = 0
+    for index, w in enumerate(weights):
+        running += w
+        if running * parts >= total * len(bounds) and len(bounds) < parts and index + 1 < len(items):
+            bounds.append(index + 1)
+    bounds.append(len(items))
+    return [range(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def _collect(

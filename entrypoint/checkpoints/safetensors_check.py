@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from entrypoint.checkpoints.crc import RangeReader, Readahead
+from entrypoint.checkpoints.crc import RangeReader
 
 # The safetensors library refuses headers above 100 MB.
 MAX_HEADER_BYTES = 100_000_000
@@ -153,15 +153,13 @@ def sidecar_digest(path: Path) -> str | None:
 
 
 def sha256_of(f: BinaryIO, file_size: int, progress: Callable[[int, int], None] | None = None) -> str:
-    """SHA-256 of the whole file in constant memory, read into one reused buffer while the kernel reads ahead.
+    """SHA-256 of the whole file in constant memory, read into one reused buffer as the kernel reads ahead.
 
     One stream cannot be hashed on several cores; the read-ahead keeps the disk busy while a chunk is hashed
     (hashlib releases the GIL on large buffers).
     """
     digest = hashlib.sha256()
-    readahead = Readahead(f.fileno(), file_size)
-    readahead.start(0)
-    reader = RangeReader(f.fileno(), readahead, CHUNK_BYTES)
+    reader = RangeReader(f.fileno(), CHUNK_BYTES)
     done = 0
     try:
         while True:

@@ -328,13 +328,12 @@ def check_crcs(
     limits = [m.header_offset for m in tz.members[1:]] + [end]
     jobs = [_Job(m, tz.short_name(m), limit, end) for m, limit in zip(tz.members, limits, strict=True)]
     fd = f.fileno()
-    readahead = crc.Readahead(fd, end)
-    readahead.start(tz.members[0].header_offset if tz.members else 0)
     results = crc.run_in_order(
         jobs,
         _check_member,
         threads=threads,
-        open_reader=lambda: crc.RangeReader(fd, readahead, chunk_bytes),
+        open_reader=lambda: crc.RangeReader(fd, chunk_bytes),
+        weight=lambda job: job.member.compressed_size,
     )
     checked = unrecorded = 0
     last_report = -1
