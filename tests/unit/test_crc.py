@@ -114,7 +114,7 @@ def test_with_several_damaged_members_the_first_in_file_order_is_named(tmp_path:
     tz = _layout(path)
     for short in ("data/21", "data/3", "data/22"):
         _flip(path, tz, short)
-    with pytest.raises(torch_zip.ZipDamage, match="CRC mismatch in data/3$"):
+    with pytest.raises(torch_zip.ZipDamage, match=r"CRC mismatch in data/3$"):
         _check(path, threads)
 
 
@@ -123,7 +123,7 @@ def test_a_member_damaged_late_in_the_file_is_found_by_any_thread_count(tmp_path
     path = _archive(tmp_path / "ckpt.pt")
     tz = _layout(path)
     _flip(path, tz, "data/23")
-    with pytest.raises(torch_zip.ZipDamage, match="CRC mismatch in data/23$"):
+    with pytest.raises(torch_zip.ZipDamage, match=r"CRC mismatch in data/23$"):
         _check(path, threads)
 
 
