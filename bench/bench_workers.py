@@ -5,10 +5,12 @@ trainer loads it) and a DataLoader built as `Trainer.train` builds it (batch 4 b
 persistent workers) run in a fresh interpreter inside a cgroup v1 `cpu` child with the quota. The worker
 count is either F5-TTS's 16 or what the preflight's clamp gives inside that cgroup (`plan_cpu` on
 `probe_cpu()`, asked for 16 with the default CPU_RESERVE). Measured in one run:
-- samples/s over the epochs after the first (the workers are up and the first epoch's prefetch is spent)
+- samples/s over the epochs after the first (the workers are up and the first epoch's prefetch is spent),
+  the steady state of a long training run; and samples/s over every epoch from the DataLoader's creation
+  (the workers' start included), what a short run sees
 - peak memory of the parent plus all its workers: the largest sum of PSS (shared pages split between the
   processes that share them) sampled from outside the cgroup every 50 ms; the sum of RSS is shown too
-Target: under a 1-CPU quota the clamp delivers >= 2x the samples/s of 16 workers, with less memory.
+Target: under a 1-CPU quota the clamp delivers >= 2x the steady samples/s of 16 workers, with less memory.
 
 Needs root and a cgroup v1 cpu hierarchy at /sys/fs/cgroup/cpu; the cgroups it creates are removed.
 Run: python -m bench.bench_workers [--rounds 1] [--epochs 3]
@@ -183,6 +185,9 @@ def main() -> int:
     OUT.mkdir(exist_ok=True)
     dataset = make_dataset(OUT / "workers_data")
     print(
+        f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (a quota is a ceiling, not a share)"
+    )
+    print(
         f"F5-TTS CustomDataset, {CLIPS} clips of 4-6 s, batch {BATCH}, {args.epochs - 1} timed epoch(s), "
         f"{args.rounds} round(s); median samples/s, peak memory of the parent plus workers"
     )
@@ -197,24 +202,33 @@ def main() -> int:
         summary[(quota, mode)] = {
             "workers": results[0]["workers"],
             "samples_s": statistics.median(r["samples_s"] for r in results),
+            "with_start_s": statistics.median(r["with_start_s"] for r in results),
             "pss_mb": max(r["pss_mb"] for r in results),
             "rss_mb": max(r["rss_mb"] for r in results),
         }
         s = summary[(quota, mode)]
         label = "clamped" if mode == "clamp" else "F5-TTS default"
         print(
-            f"quota {quota} CPU  {label:15s} {int(s['workers']):2d} workers  {s['samples_s']:6.1f} samples/s  "
-            f"peak PSS {s['pss_mb']:6.0f} MB (RSS sum {s['rss_mb']:6.0f} MB)"
+            f"quota {quota} CPU  {label:15s} {int(s['workers']):2d} workers  {s['samples_s']:6.1f} samples/s steady "
+            f"({s['with_start_s']:5.1f} with the start)  peak PSS {s['pss_mb']:6.0f} MB (RSS sum {s['rss_mb']:6.0f} MB)"
         )
     checks = []
     for quota in QUOTAS:
         clamp, f5 = summary[(quota, "clamp")], summary[(quota, "f5")]
         speedup = clamp["samples_s"] / f5["samples_s"]
+        with_start = clamp["with_start_s"] / f5["with_start_s"]
         memory = clamp["pss_mb"] / f5["pss_mb"]
-        print(f"quota {quota} CPU: clamp / 16 workers = {speedup:.2f}x samples/s, {memory:.2f}x peak memory")
+        print(
+            f"quota {quota} CPU: clamp / 16 workers = {speedup:.2f}x samples/s steady, {with_start:.2f}x with the "
+            f"start, {memory:.2f}x peak memory"
+        )
         if quota == 1:
             checks.append(
-                (f"1-CPU quota: clamp {speedup:.2f}x the samples/s of 16 workers", speedup >= 2.0, ">= 2x")
+                (
+                    f"1-CPU quota: clamp {speedup:.2f}x the steady samples/s of 16 workers",
+                    speedup >= TARGET_SPEEDUP_1CPU,
+                    f">= {TARGET_SPEEDUP_1CPU:g}x",
+                )
             )
             checks.append(
                 (f"1-CPU quota: clamp peak memory {memory:.2f}x of 16 workers'", memory < 1.0, "< 1x")
