@@ -1,7 +1,8 @@
 """The zip container of a `torch.save` file: end record, zip64, central directory, local headers, CRC32.
 
 Reads only what it needs: the quick path touches the end of the file, the central directory and the one
-member it is asked for (data.pkl); the deep path streams every member once, in file order, in large reads.
+member it is asked for (data.pkl); the deep path streams every member once in large reads (crc.py), on
+one thread or several, and names the first damaged member in file order.
 No torch: the format is plain zip (stored members, 64-byte aligned) with a fixed set of member names.
 """
 

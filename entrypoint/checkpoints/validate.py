@@ -7,7 +7,8 @@ Levels (see verdict.LEVELS), each only after the previous one passed:
 - schema: what F5-TTS's `Trainer.load_checkpoint` needs is there. data.pkl is parsed statically (every
   global checked against torch's weights_only allow-list); each storage's recorded size matches its member
   and every tensor fits its storage (free: the sizes are in the central directory).
-- integrity (deep): every member's CRC32 streamed in one sequential pass; CRC 0 means "not recorded"
+- integrity (deep): every member's CRC32, streamed once on up to `threads` threads with the verdict of one
+  pass in file order (see crc.py); CRC 0 means "not recorded"
   (`torch.serialization.set_crc32_options(False)`) and is never a failure. Safetensors: SHA-256 against a
   `<file>.sha256` sidecar when there is one.
 - compatibility (expect): tensor shapes against the configured preset and vocabulary.
