@@ -34,6 +34,7 @@ from typing import Any, BinaryIO
 
 from entrypoint.checkpoints import torch_zip
 from entrypoint.checkpoints.compat import check_compatibility
+from entrypoint.checkpoints.crc import IMPLEMENTATION as CRC32_IMPLEMENTATION
 from entrypoint.checkpoints.pickle_scan import PickleRefused, PickleSummary, TensorRef, scan_pickle
 from entrypoint.checkpoints.safetensors_check import (
     SafetensorsDamage,
@@ -252,7 +253,7 @@ def _check_torch_zip(f: BinaryIO, state: _Progress, request: _Request) -> None:
             raise _Failed("integrity", _zip_cause(f, state, damage, request.reference_size)) from None
         except OSError as exc:  # a bad sector shows up only when every byte is read
             raise _Failed("integrity", f"read error: {exc.strerror or exc}") from None
-        state.details.update(counts)
+        state.details.update(counts, crc_threads=request.threads, crc32=CRC32_IMPLEMENTATION)
         state.passed("integrity")
 
     if request.expect is not None:
