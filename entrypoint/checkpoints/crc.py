@@ -103,9 +103,16 @@ class RangeCrc:
 
 
 def crc_of_range(
-    reader: RangeReader, offset: int, length: int, method: int, size_limit: int, *, first: bytes = b""
+    reader: RangeReader,
+    offset: int,
+    length: int,
+    method: int,
+    size_limit: int,
+    *,
+    first: memoryview | bytes = b"",
 ) -> RangeCrc:
-    """CRC-32 of `length` stored or deflated bytes at `offset`, inflating at most `size_limit` + 1 bytes.
+    """CRC-32 of `length` stored or deflated bytes at `offset`; inflation stops once past `size_limit` bytes,
+    one chunk at most per call, so a member that claims little and inflates to much costs no memory.
 
     `first` holds bytes of the range already read (a prefix), so a small member costs one read in all.
     """
