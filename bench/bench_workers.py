@@ -165,9 +165,11 @@ def measure(dataset: Path, quota_cpus: int, mode: str, epochs: int) -> dict[str,
     finally:
         cgroup.rmdir()  # the run has exited and been reaped, so the cgroup is empty
     result = json.loads(out.strip().splitlines()[-1])
+    per_epoch = result["samples"] / (epochs - 1)
     return {
         **result,
         "samples_s": result["samples"] / result["seconds"],
+        "with_start_s": (result["samples"] + per_epoch) / (result["seconds"] + result["first_epoch_s"]),
         "pss_mb": peak_pss,
         "rss_mb": peak_rss,
     }
