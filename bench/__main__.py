@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-QUICK_ARGS = {"bench_validate": ["--size-gb", "0.5"], "bench_choose": ["--size-gb", "0.5"]}
+QUICK_ARGS = {
+    "bench_validate": ["--size-gb", "0.5", "--repeat", "3", "--baseline-repeat", "1"],
+    "bench_choose": ["--size-gb", "0.5"],
+    "bench_workers": ["--rounds", "1", "--epochs", "2"],
+}
 
 
 def main() -> int:

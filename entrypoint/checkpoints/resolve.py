@@ -144,8 +144,12 @@ def plan_checkpoint(
     expect: Expectation | None = None,
     validator: Callable[..., Verdict] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    threads: int = 1,
 ) -> CheckpointPlan:
-    """Choose the checkpoint to load and plan the actions that make the trainer load it. Reads only."""
+    """Choose the checkpoint to load and plan the actions that make the trainer load it. Reads only.
+
+    `threads`: how many cores the deep check of the chosen file may use (the container's usable CPUs).
+    """
     if validator is None:
         from entrypoint.checkpoints.validate import validate_file
 
@@ -171,6 +175,7 @@ def plan_checkpoint(
                 load=final and settings.load_verify,
                 reference_size=reference,
                 progress=progress if final else None,
+                **({"threads": threads} if final and threads > 1 else {}),
             )
 
         verdict = judge()

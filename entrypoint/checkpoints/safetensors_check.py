@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from entrypoint.checkpoints.crc import RangeReader
 from entrypoint.checkpoints.regular_file import NotRegularFile, open_regular
 
 # The safetensors library refuses headers above 100 MB.
@@ -59,7 +60,7 @@ DTYPE_BITS = {
     "U64": 64,
     "F64": 64,
 }
-CHUNK_BYTES = 16 * 1024 * 1024
+CHUNK_BYTES = 8 * 1024 * 1024
 
 
 class SafetensorsDamage(Exception):
@@ -295,18 +296,23 @@ def sidecar_digest(path: Path) -> str | None:
 
 
 def sha256_of(f: BinaryIO, file_size: int, progress: Callable[[int, int], None] | None = None) -> str:
-    """SHA-256 of the whole file in constant memory (hashlib releases the GIL on large buffers)."""
+    """SHA-256 of the whole file in constant memory, read into one reused buffer as the kernel reads ahead.
+
+    One stream cannot be hashed on several cores; the read-ahead keeps the disk busy while a chunk is hashed
+    (hashlib releases the GIL on large buffers).
+    """
     digest = hashlib.sha256()
-    buf = bytearray(CHUNK_BYTES)
-    view = memoryview(buf)
-    f.seek(0)
+    reader = RangeReader(f.fileno(), CHUNK_BYTES)
     done = 0
-    while True:
-        n = f.readinto(view)
-        if not n:
-            break
-        digest.update(view[:n])
-        done += n
-        if progress is not None:
-            progress(done, file_size)
+    try:
+        while True:
+            view = reader.read(done, CHUNK_BYTES)
+            if not view:
+                break
+            digest.update(view)
+            done += len(view)
+            if progress is not None:
+                progress(done, file_size)
+    finally:
+        reader.close()
     return digest.hexdigest()

@@ -1,22 +1,20 @@
 """The zip container of a `torch.save` file: end record, zip64, central directory, local headers, CRC32.
 
 Reads only what it needs: the quick path touches the end of the file, the central directory and the one
-member it is asked for (data.pkl); the deep path streams every member once, in file order, in large reads.
+member it is asked for (data.pkl); the deep path streams every member once in large reads (crc.py), on
+one thread or several, and names the first damaged member in file order.
 No torch: the format is plain zip (stored members, 64-byte aligned) with a fixed set of member names.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-import queue
 import struct
-import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
+
+from entrypoint.checkpoints import crc
 
 EOCD_SIG = 0x06054B50
 ZIP64_EOCD_SIG = 0x06064B50
@@ -37,10 +35,7 @@ DEFLATED = 8
 MAX_PICKLE_BYTES = 64 * 1024 * 1024
 # Compressed bytes handed to the inflater at a time when reading a deflated data.pkl.
 INFLATE_PIECE_BYTES = 1024 * 1024
-CHUNK_BYTES = 16 * 1024 * 1024
-# Buffers in flight between the reader thread and the CRC: enough for the disk to run ahead while the CRC
-# waits for a CPU on a busy machine, few enough to keep memory constant.
-BUFFERS = 4
+CHUNK_BYTES = crc.CHUNK_BYTES
 
 
 class ZipDamage(Exception):
@@ -301,130 +296,68 @@ def _inflate(f: BinaryIO, data_offset: int, member: Member, short: str) -> bytes
     return bytes(out)
 
 
-def _advise_sequential(f: BinaryIO, start: int, end: int) -> None:
-    """A larger kernel read-ahead window keeps the disk busy while a chunk is being hashed."""
-    # Not a real file, or not Linux: plain reads still work.
-    with contextlib.suppress(AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        os.posix_fadvise(f.fileno(), start, end - start, os.POSIX_FADV_SEQUENTIAL)
+def _read_exact(reader: crc.RangeReader, offset: int, length: int) -> bytes:
+    """A few bytes (a local header) however small the reader's chunk; fewer only where the file ends."""
+    parts: list[bytes] = []
+    while length > 0:
+        view = reader.read(offset, length)
+        if not view:
+            break
+        parts.append(bytes(view))
+        offset += len(view)
+        length -= len(view)
+    return b"".join(parts)
 
 
-def _chunks(f: BinaryIO, start: int, end: int, chunk_bytes: int) -> Iterator[memoryview]:
-    """Consecutive views of file bytes [start, end), read by a helper thread while the caller works.
+@dataclass(frozen=True)
+class _Job:
+    member: Member
+    short: str
+    limit: int  # where the next member's local header starts (the central directory for the last one)
+    end: int  # nothing at or past this offset belongs to the members
 
-    Reading and CRC32 overlap, so the pass runs at the speed of the slower of the two (the disk), not the sum.
-    A few rotating buffers keep memory constant; a view is valid until the next one is requested.
-    """
-    free: queue.Queue[bytearray] = queue.Queue()
-    ready: queue.Queue[tuple[bytearray, int] | BaseException | None] = queue.Queue()
-    for _ in range(BUFFERS):
-        free.put(bytearray(chunk_bytes))
-    stop = threading.Event()
 
-    def reader() -> None:
-        try:
-            _advise_sequential(f, start, end)
-            f.seek(start)
-            pos = start
-            while pos < end and not stop.is_set():
-                buf = free.get()
-                if stop.is_set():
-                    break
-                want = min(chunk_bytes, end - pos)
-                view = memoryview(buf)[:want]
-                got = 0
-                while got < want:
-                    n = f.readinto(view[got:])
-                    if not n:
-                        break
-                    got += n
-                ready.put((buf, got))
-                pos += got
-                if got < want:
-                    break
-            ready.put(None)
-        except BaseException as exc:  # handed to the consumer, which raises it
-            ready.put(exc)
+@dataclass(frozen=True)
+class _Checked:
+    crc_checked: bool
+    end: int  # offset just past the member's data
 
-    thread = threading.Thread(target=reader, name="crc-reader", daemon=True)
-    thread.start()
-    held: bytearray | None = None
+
+def _check_member(reader: crc.RangeReader, job: _Job) -> _Checked:
+    """Local header, size and CRC32 of one member; ZipDamage names it. Reads header and data in one go."""
+    member, short = job.member, job.short
+    start = member.header_offset
+    head_guess = _LOCAL.size + len(member.name.encode()) + 1024 + member.compressed_size
+    first = reader.read(start, max(0, min(head_guess, job.end - start)))
+    if len(first) < _LOCAL.size:
+        raise ZipDamage(f"{short} cut short", truncated=True)
+    name_len, extra_len = _LOCAL.unpack_from(first, 0)[9:11]
+    header_len = _LOCAL.size + name_len + extra_len
+    if header_len <= len(first):
+        header = bytes(first[:header_len])
+        prefix = first[header_len:]
+    else:
+        header = _read_exact(reader, start, min(header_len, job.end - start))
+        prefix = memoryview(b"")
+    data_offset = _local_data_offset(header, member)
+    available = max(0, min(member.compressed_size, job.end - data_offset))
     try:
-        while True:
-            item = ready.get()
-            if held is not None:
-                free.put(held)
-                held = None
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            held, got = item
-            yield memoryview(held)[:got]
-            if got == 0:
-                return
-    finally:
-        stop.set()
-        free.put(bytearray(0))  # wakes the reader if it waits for a buffer
-        thread.join()
-
-
-class _Stream:
-    """A forward-only cursor over consecutive chunks, so headers and data come from one sequential read."""
-
-    def __init__(self, chunks: Iterator[memoryview], start: int) -> None:
-        self._chunks = chunks
-        self._view = memoryview(b"")
-        self._pos_in_view = 0
-        self.offset = start
-
-    def _fill(self) -> bool:
-        while self._pos_in_view >= len(self._view):
-            nxt = next(self._chunks, None)
-            if nxt is None or len(nxt) == 0:
-                return False
-            self._view, self._pos_in_view = nxt, 0
-        return True
-
-    def take(self, n: int) -> bytes:
-        parts: list[bytes] = []
-        while n > 0 and self._fill():
-            piece = self._view[self._pos_in_view : self._pos_in_view + n]
-            parts.append(bytes(piece))
-            self._pos_in_view += len(piece)
-            self.offset += len(piece)
-            n -= len(piece)
-        return b"".join(parts)
-
-    def feed(self, n: int, sink: Callable[[memoryview], None]) -> int:
-        done = 0
-        while done < n and self._fill():
-            piece = self._view[self._pos_in_view : self._pos_in_view + (n - done)]
-            sink(piece)
-            self._pos_in_view += len(piece)
-            self.offset += len(piece)
-            done += len(piece)
-        return done
-
-    def skip_to(self, offset: int) -> None:
-        if offset < self.offset:
-            raise ZipDamage("zip members overlap")
-        self.feed(offset - self.offset, lambda _piece: None)
-
-
-class _Crc:
-    def __init__(self, method: int) -> None:
-        self.value = 0
-        self.size = 0
-        self._inflate = zlib.decompressobj(-15) if method == DEFLATED else None
-
-    def __call__(self, piece: memoryview) -> None:
-        if self._inflate is None:
-            self.value = zlib.crc32(piece, self.value)
-            self.size += len(piece)
-        else:
-            out = self._inflate.decompress(piece)
-            self.value = zlib.crc32(out, self.value)
-            self.size += len(out)
+        result = crc.crc_of_range(reader, data_offset, available, member.method, member.size, first=prefix)
+    except crc.InflateError as exc:
+        raise ZipDamage(
+            f"size mismatch in {short}" if exc.too_large else f"{short} cannot be decompressed"
+        ) from None
+    if result.read < member.compressed_size:
+        raise ZipDamage(f"{short} cut short", truncated=True)
+    if result.size != member.size:
+        raise ZipDamage(f"size mismatch in {short}")
+    recorded = not (member.crc == 0 and member.size > 0)
+    if recorded and result.crc != member.crc:
+        raise ZipDamage(f"CRC mismatch in {short}")
+    data_end = data_offset + member.compressed_size
+    if data_end > job.limit:
+        raise ZipDamage("zip members overlap")
+    return _Checked(recorded, data_end)
 
 
 def check_crcs(
@@ -433,55 +366,39 @@ def check_crcs(
     *,
     progress: Callable[[int, int], None] | None = None,
     chunk_bytes: int | None = None,
+    threads: int = 1,
 ) -> dict[str, int]:
-    """Stream every member once in file order: local headers, sizes and CRC32 (0 = not recorded, skipped).
+    """Every member's local header, size and CRC32 (0 = not recorded, skipped), in constant memory.
 
-    Returns counts for the report; raises ZipDamage naming the first damaged member.
+    Members are hashed by up to `threads` threads (the CPUs the container may use), each reading with its
+    own buffer while the kernel reads ahead; the verdict is the same as one pass in file order: ZipDamage
+    names the first damaged member. Returns counts for the report.
     """
     end = tz.central_offset
     chunk_bytes = chunk_bytes or CHUNK_BYTES
-    chunks = _chunks(f, 0, end, chunk_bytes)
-    try:
-        return _check_members(tz, _Stream(chunks, 0), end, chunk_bytes, progress)
-    finally:
-        chunks.close()  # stops the reader thread before the caller closes the file
-
-
-def _check_members(
-    tz: TorchZip,
-    stream: _Stream,
-    end: int,
-    chunk_bytes: int,
-    progress: Callable[[int, int], None] | None,
-) -> dict[str, int]:
-    checked = 0
-    unrecorded = 0
+    limits = [m.header_offset for m in tz.members[1:]] + [end]
+    jobs = [_Job(m, tz.short_name(m), limit, end) for m, limit in zip(tz.members, limits, strict=True)]
+    fd = f.fileno()
+    results = crc.run_in_order(
+        jobs,
+        _check_member,
+        threads=threads,
+        open_reader=lambda: crc.RangeReader(fd, chunk_bytes),
+        weight=lambda job: job.member.compressed_size,
+    )
+    checked = unrecorded = 0
     last_report = -1
-    for member in tz.members:
-        short = tz.short_name(member)
-        stream.skip_to(member.header_offset)
-        header = stream.take(_LOCAL.size)
-        if len(header) < _LOCAL.size:
-            raise ZipDamage(f"{short} cut short", truncated=True)
-        name_len, extra_len = _LOCAL.unpack(header)[9:11]
-        header += stream.take(name_len + extra_len)
-        _local_data_offset(header, member)
-        crc = _Crc(member.method)
-        got = stream.feed(member.compressed_size, crc)
-        if got < member.compressed_size:
-            raise ZipDamage(f"{short} cut short", truncated=True)
-        if crc.size != member.size:
-            raise ZipDamage(f"size mismatch in {short}")
-        if member.crc == 0 and member.size > 0:
-            unrecorded += 1
-        elif crc.value != member.crc:
-            raise ZipDamage(f"CRC mismatch in {short}")
-        else:
-            checked += 1
-        if progress is not None and stream.offset // chunk_bytes != last_report:
-            last_report = stream.offset // chunk_bytes
-            progress(stream.offset, end)
-    stream.skip_to(end)  # whatever lies between the last member and the central directory
+    try:
+        for done in results:
+            if done.crc_checked:
+                checked += 1
+            else:
+                unrecorded += 1
+            if progress is not None and done.end // chunk_bytes != last_report:
+                last_report = done.end // chunk_bytes
+                progress(min(done.end, end), end)
+    finally:
+        results.close()  # stops the threads before the caller closes the file
     if progress is not None:
         progress(end, end)
-    return {"crc_checked": checked, "crc_not_recorded": unrecorded, "bytes_read": stream.offset}
+    return {"crc_checked": checked, "crc_not_recorded": unrecorded, "bytes_read": end}

@@ -7,7 +7,8 @@ Levels (see verdict.LEVELS), each only after the previous one passed:
 - schema: what F5-TTS's `Trainer.load_checkpoint` needs is there. data.pkl is parsed statically (every
   global checked against torch's weights_only allow-list); each storage's recorded size matches its member
   and every tensor fits its storage (free: the sizes are in the central directory).
-- integrity (deep): every member's CRC32 streamed in one sequential pass; CRC 0 means "not recorded"
+- integrity (deep): every member's CRC32, streamed once on up to `threads` threads with the verdict of one
+  pass in file order (see crc.py); CRC 0 means "not recorded"
   (`torch.serialization.set_crc32_options(False)`) and is never a failure. Safetensors: SHA-256 against a
   `<file>.sha256` sidecar when there is one.
 - compatibility (expect): tensor shapes against the configured preset and vocabulary.
@@ -33,6 +34,7 @@ from typing import Any, BinaryIO
 
 from entrypoint.checkpoints import torch_zip
 from entrypoint.checkpoints.compat import check_compatibility
+from entrypoint.checkpoints.crc import IMPLEMENTATION as CRC32_IMPLEMENTATION
 from entrypoint.checkpoints.pickle_scan import PickleRefused, PickleSummary, TensorRef, quoted, scan_pickle
 from entrypoint.checkpoints.regular_file import NotRegularFile, open_regular
 from entrypoint.checkpoints.safetensors_check import (
@@ -91,6 +93,7 @@ class _Request:
     expect: Expectation | None
     reference_size: int | None
     progress: Callable[[int, int], None] | None
+    threads: int = 1
 
 
 _FAILURE_OF_LEVEL = {
@@ -148,8 +151,12 @@ def validate_file(
     load: bool = False,
     reference_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    threads: int = 1,
 ) -> Verdict:
-    """Check one file. Never raises for a bad or unreadable file: the Verdict says what is wrong."""
+    """Check one file. Never raises for a bad or unreadable file: the Verdict says what is wrong.
+
+    `threads`: how many CPUs the deep check may keep busy (the container's usable CPUs).
+    """
     path = Path(path)
     state = _Progress(path, 0, details={})
     try:
@@ -163,7 +170,7 @@ def validate_file(
             state.size = os.fstat(f.fileno()).st_size
             if state.size == 0:
                 raise _Failed("structure", "empty file")
-            _check(f, state, _Request(deep, expect, reference_size, progress))
+            _check(f, state, _Request(deep, expect, reference_size, progress, max(1, threads)))
         if load:
             _load_with_torch(path, state)
         return state.verdict(True)
@@ -271,12 +278,12 @@ def _check_torch_zip(f: BinaryIO, state: _Progress, request: _Request) -> None:
 
     if request.deep:
         try:
-            counts = torch_zip.check_crcs(f, tz, progress=request.progress)
+            counts = torch_zip.check_crcs(f, tz, progress=request.progress, threads=request.threads)
         except torch_zip.ZipDamage as damage:
             raise _zip_failure("integrity", f, state, damage, request.reference_size) from None
         except OSError as exc:  # a bad sector shows up only when every byte is read
             raise _Failed("integrity", f"read error: {exc.strerror or exc}") from None
-        state.details.update(counts)
+        state.details.update(counts, crc_threads=request.threads, crc32=CRC32_IMPLEMENTATION)
         state.passed("integrity")
 
     if request.expect is not None:

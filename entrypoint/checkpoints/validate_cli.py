@@ -11,7 +11,9 @@ from typing import TextIO
 
 from entrypoint.checkpoints.validate import Expectation, human_size, validate_file
 from entrypoint.checkpoints.verdict import Verdict
+from entrypoint.cpu_plan import plan_cpu
 from entrypoint.naming import CHECKPOINT_SUFFIXES
+from entrypoint.probes.cpu import probe_cpu
 
 PROGRESS_AFTER_S = 1.0  # a bar only for checks long enough to wonder about
 PROGRESS_EVERY_S = 0.25
@@ -91,11 +93,17 @@ def format_line(verdict: Verdict) -> str:
     return f"OK   {verdict.path}  {what}  ({', '.join(verdict.levels)}{note})"
 
 
+def deep_check_threads() -> int:
+    """The CPUs this container may use (affinity and every CFS quota, rounded down): the deep check's threads."""
+    return plan_cpu(probe_cpu(), override=None, reserve=0, requested_workers=1).usable
+
+
 def run_validate(
     paths: list[str], *, deep: bool, as_json: bool, load: bool, expect: Expectation | None
 ) -> int:
     """Validate each file; print one line per file (or a JSON list); 0 when all are valid, else 1."""
     verdicts: list[Verdict] = []
+    threads = deep_check_threads() if deep else 1
     for name in paths:
         path = Path(name)
         bar = ProgressBar(f"checking {path.name}") if deep else None
@@ -107,6 +115,7 @@ def run_validate(
                 load=load,
                 reference_size=sibling_reference_size(path),
                 progress=bar,
+                threads=threads,
             )
         finally:
             if bar is not None:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 from entrypoint.checkpoints.resolve import plan_checkpoint
 from entrypoint.checkpoints.validate import Expectation
+from entrypoint.cpu_plan import plan_cpu
 from entrypoint.facts import gather_facts
 from entrypoint.modes import mode_for
 from entrypoint.plan import Plan, plan_preflight
@@ -38,8 +39,13 @@ def make_plan(
     settings = loaded.settings
     facts = gather_facts(loaded, environ, command=command, wait=wait)
     start = time.perf_counter()
+    # The deep check may use every core the container has: nothing else runs yet.
+    cores = plan_cpu(facts.cpu, override=settings.cpu_limit, reserve=0, requested_workers=1).usable
     checkpoint = plan_checkpoint(
-        settings, mode_for(settings), expect=Expectation(settings.model_preset, facts.vocab_size)
+        settings,
+        mode_for(settings),
+        expect=Expectation(settings.model_preset, facts.vocab_size),
+        threads=cores,
     )
     facts.cost_ms["checkpoint"] = (time.perf_counter() - start) * 1000
     fingerprint = None

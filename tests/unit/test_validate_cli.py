@@ -138,3 +138,41 @@ def test_preflight_validate_subcommand(folder: Path, capsys: pytest.CaptureFixtu
     assert main(["validate", "--json", str(folder / "model_1200.pt")]) == 0
     assert json.loads(capsys.readouterr().out)[0]["update"] == 1200
     assert main(["validate", str(folder / "model_last.pt")]) == 1
+
+
+SPY_ON_THREADS = """
+import sys
+from entrypoint.checkpoints import validate_cli
+verdicts = []
+real_validate_file = validate_cli.validate_file
+def validate_file(*args, **kwargs):
+    verdicts.append(real_validate_file(*args, **kwargs))
+    return verdicts[-1]
+validate_cli.validate_file = validate_file
+code = validate_cli.run_validate(sys.argv[1:], deep=True, as_json=False, load=False, expect=None)
+print(code, verdicts[0].details["crc_threads"], verdicts[0].details["crc_checked"] > 0)
+"""
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_deep_validate_hashes_on_the_cpus_the_process_may_use(folder: Path, cpus: int) -> None:
+    """The CPU affinity is a real limit the probe reads: `validate --deep` gets that many threads."""
+    import os
+    import subprocess
+    import sys
+
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < cpus:
+        pytest.skip(f"needs {cpus} CPUs, this machine lets the tests use {len(available)}")
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", SPY_ON_THREADS, str(folder / "model_1200.pt")],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.sched_setaffinity(0, available[:cpus]),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-3:] == ["0", str(cpus), "True"]
