@@ -35,6 +35,7 @@ from entrypoint.settings import LoadedSettings, Settings
 from entrypoint.wait import wait_for_path, wait_until_stable
 
 T = TypeVar("T")
+FOLDER_LABELS = {"OUTPUT_DIR": "output", "BACKUP_DIR": "backup", "LOG_DIR": "log"}
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def gather_facts(
         **({"BACKUP_DIR": settings.backup_dir} if settings.backup_every_updates else {}),
         "LOG_DIR": settings.log_dir,
     }
-    size, source = timed("disk", lambda: _checkpoint_size(settings))
+    size, source = timed("disk-output", lambda: _checkpoint_size(settings))
     dataset, vocab_size = timed("dataset", lambda: check_dataset(settings.dataset_dir, settings.vocab_path))
     processes = settings.train_processes or max(1, gpu.count)
     if command:
@@ -110,9 +111,12 @@ def gather_facts(
         cpu=timed("cpu", probe_cpu),
         shm=timed("shm", probe_shm),
         limits=timed("ulimits", probe_limits),
-        folders={name: timed("writable", lambda p=path: probe_folder(p)) for name, path in folders.items()},
-        output_space=timed("disk", lambda: probe_space(settings.output_dir)),
-        backup_space=timed("disk", lambda: probe_space(settings.backup_dir))
+        folders={
+            name: timed(f"writable-{FOLDER_LABELS[name]}", lambda p=path: probe_folder(p))
+            for name, path in folders.items()
+        },
+        output_space=timed("disk-output", lambda: probe_space(settings.output_dir)),
+        backup_space=timed("disk-backup", lambda: probe_space(settings.backup_dir))
         if settings.backup_every_updates
         else None,
         checkpoint_bytes=size,

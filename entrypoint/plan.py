@@ -23,7 +23,7 @@ from entrypoint.checks.result import FAIL, OK, WARN, CheckResult, worst
 from entrypoint.checks.shm import check_shm
 from entrypoint.checks.writable import check_writable
 from entrypoint.cpu_plan import CpuPlan, plan_cpu
-from entrypoint.facts import Facts
+from entrypoint.facts import FOLDER_LABELS, Facts
 from entrypoint.handoff import Handoff, TrainingOptions
 from entrypoint.modes import SafeMode, mode_for
 from entrypoint.naming import REPORT_DIR_NAME
@@ -89,9 +89,8 @@ def plan_preflight(
     )
     checks.append(check_ulimits(facts.limits, gpus=facts.gpu.count))
     checks.append(check_init(facts.limits))
-    labels = {"OUTPUT_DIR": "output", "BACKUP_DIR": "backup", "LOG_DIR": "log"}
     for variable, folder in facts.folders.items():
-        checks.append(check_writable(labels[variable], variable, folder))
+        checks.append(check_writable(FOLDER_LABELS[variable], variable, folder))
     checks += _disk_checks(settings, facts)
     checks.append(facts.dataset)
     checks += facts.readiness

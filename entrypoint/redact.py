@@ -39,10 +39,6 @@ class Redactor:
                 text = text.replace(secret, MASK)
         return text
 
-    def environment(self, env: Mapping[str, str]) -> dict[str, str]:
-        """A copy of `env` safe to show: secret-named variables masked, other values redacted."""
-        return {name: (MASK if is_secret_name(name) else self(value)) for name, value in env.items()}
-
     def text_stream(self) -> StreamRedactor[str]:
         """A redactor for text that arrives in pieces (see StreamRedactor)."""
         return StreamRedactor(self._secrets, MASK)

@@ -20,7 +20,14 @@ from entrypoint.plan import Plan
 from entrypoint.redact import Redactor
 
 # Which probe's cost belongs to which check (several checks share one probe).
-_PROBE_OF_CHECK = {"writable-output": "writable", "writable-backup": "writable", "writable-log": "writable"}
+_PROBE_OF_CHECK = {
+    "init": "ulimits",
+    "audio": "readiness",
+    "vocabulary": "readiness",
+    "text": "readiness",
+    "batches": "readiness",
+    "fingerprint": "readiness",
+}
 
 
 def build_report(

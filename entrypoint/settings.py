@@ -23,7 +23,7 @@ from entrypoint.errors import ConfigError
 from entrypoint.handoff import ENV_NAMES as HANDOFF_NAMES
 from entrypoint.presets import PRESET_NAMES
 
-_TRUE = {"1", "true", "yes", "on"}
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE = {"0", "false", "no", "off"}
 CHECKPOINT_SOURCE_NAMES = ("last", "numbered", "backups", "pretrained")
 
@@ -480,7 +480,7 @@ def parse_value(spec: Spec, raw: str, origin: str = "", base: Path | None = None
             raise bad()
     elif spec.kind == "bool":
         lowered = text.lower()
-        if lowered in _TRUE:
+        if lowered in TRUE_WORDS:
             return True
         if lowered in _FALSE:
             return False

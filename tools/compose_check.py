@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from entrypoint.settings import TRUE_WORDS
+
 # The trainer saves model_last.pt and exits within this many seconds of SIGTERM; the Compose files must
 # wait longer than this before Docker's SIGKILL. Keep it equal to the bound the trainer documents.
 SIGTERM_SAVE_BOUND_S = 120
@@ -49,7 +51,6 @@ PATH_FIXES = {
     "QUARANTINE_DIR": "leave it empty (bad checkpoints are then renamed in place to <name>.corrupted) or use a "
     "folder under {output}/",
 }
-_TRUE = {"1", "true", "yes", "on"}
 
 
 @dataclass(frozen=True)
@@ -416,7 +417,7 @@ def check_train_service(service: Mapping[str, Any]) -> list[str]:
             "-- use on-failure:3"
         )
 
-    require_gpu = environment.get("REQUIRE_GPU", "false").strip().lower() in _TRUE
+    require_gpu = environment.get("REQUIRE_GPU", "false").strip().lower() in TRUE_WORDS
     if require_gpu and not gpu_requests(service):
         problems.append(
             f"{where} requires a GPU (REQUIRE_GPU=true) but reserves none -- add the GPU reservation, or "

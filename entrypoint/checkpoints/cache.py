@@ -43,7 +43,7 @@ class FileIdentity:
         return f"{self.device}:{self.inode}"
 
 
-def request_key(deep: bool, load: bool, expect: Any) -> str:
+def request_key(load: bool, expect: Any) -> str:
     """What was asked of the validator; a verdict only answers the same question (or a weaker one)."""
     expectation = (
         "" if expect is None else f"{getattr(expect, 'preset', '')}/{getattr(expect, 'vocab_size', '')}"
@@ -95,7 +95,7 @@ class VerdictCache:
         entry = self.entries.get(identity.key())
         if entry is None or entry.get("identity") != _identity_dict(identity):
             return None
-        if entry.get("request") != request_key(deep, load, expect):
+        if entry.get("request") != request_key(load, expect):
             return None
         try:
             verdict = Verdict.from_dict(entry["verdict"])
@@ -122,12 +122,12 @@ class VerdictCache:
             and previous.get("deep")
             and not deep
             and previous.get("identity") == _identity_dict(identity)
-            and previous.get("request") == request_key(deep, load, expect)
+            and previous.get("request") == request_key(load, expect)
         ):
             return  # keep the deeper answer for the same file version
         self.entries[identity.key()] = {
             "identity": _identity_dict(identity),
-            "request": request_key(deep, load, expect),
+            "request": request_key(load, expect),
             "deep": deep,
             "verdict": verdict.to_dict(),
         }

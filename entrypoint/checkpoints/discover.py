@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from entrypoint import naming
-
-LOADABLE_ENDINGS = (".pt", ".safetensors")
+from entrypoint.files import same_file
 
 
 @dataclass(frozen=True)
@@ -251,7 +250,7 @@ def _pretrained(
             copy_name = naming.PRETRAINED_PREFIX + copy_name
     if folder_copy_first and copy_name and os.path.lexists(output_dir / copy_name):
         copy = output_dir / copy_name
-        if pretrained is None or not _same_file(copy, pretrained):
+        if pretrained is None or not same_file(copy, pretrained):
             items.append(_classify(copy, "pretrained", True, None))
     if pretrained is not None:
         # Moved only when it lies in OUTPUT_DIR itself; anywhere else it is the user's file.
@@ -264,9 +263,9 @@ def _pretrained(
             )
         items.append(item)
     for name in names:
-        if name.startswith(naming.PRETRAINED_PREFIX) and name.endswith(LOADABLE_ENDINGS):
+        if name.startswith(naming.PRETRAINED_PREFIX) and name.endswith(naming.LOADABLE_ENDINGS):
             path = output_dir / name
-            if pretrained is not None and _same_file(path, pretrained):
+            if pretrained is not None and same_file(path, pretrained):
                 continue
             if any(isinstance(item, Candidate | Finding) and item.path == path for item in items):
                 continue
@@ -278,16 +277,9 @@ def _strays(output_dir: Path, names: list[str]) -> list[Path]:
     """Names F5-TTS's stock rule would consider that are none of our candidates (e.g. model_best.pt)."""
     strays = []
     for name in names:
-        if not name.endswith(LOADABLE_ENDINGS) or name == naming.LAST_NAME:
+        if not name.endswith(naming.LOADABLE_ENDINGS) or name == naming.LAST_NAME:
             continue
         if naming.numbered_update(name) is not None or name.startswith(naming.PRETRAINED_PREFIX):
             continue
         strays.append(output_dir / name)
     return strays
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False

@@ -41,7 +41,7 @@ def test_resume_after_the_batch_plan_changed_warns(dataset: Path, tmp_path: Path
     values = tiny_settings(dataset, tmp_path, max_updates=2)
     env_file = write_settings(tmp_path, values)
     assert fingerprint_results(check(env_file)) == []  # nothing trained yet: nothing to compare
-    trained = run_training(env_file, values)
+    trained = run_training(env_file)
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
 
     [same] = fingerprint_results(check(env_file))

@@ -99,7 +99,7 @@ def test_extended_checkpoint_is_valid_and_trains(tmp_path: Path, ptbr: Path, fmt
 
     values.update({"VOCAB_FILE": str(new_vocab), "PRETRAINED_CHECKPOINT": str(new_checkpoint)})
     env_file = write_settings(tmp_path, values)
-    trained = run_training(env_file, values)
+    trained = run_training(env_file)
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     report = json.loads((Path(values["OUTPUT_DIR"]) / REPORT_DIR_NAME / "report.json").read_text())
     coverage = [c for c in report["checks"] if c["name"] == "vocabulary"]

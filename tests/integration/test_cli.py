@@ -410,3 +410,22 @@ def test_trainer_gets_the_paths_the_preflight_resolved(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert f"OUT={project / 'out'} DS={project / 'ds'}" in done.stdout
+
+
+def test_check_json_gives_each_check_its_cost_in_milliseconds(workspace: Path) -> None:
+    done = preflight(workspace, "check", "--json", *env_args(workspace))
+    report = json.loads(done.stdout)
+    costs = {check["name"]: check["ms"] for check in report["checks"]}
+    probed = (
+        "cpu",
+        "gpu",
+        "shm",
+        "writable-output",
+        "disk-output",
+        "dataset",
+        "trainer",
+        "lock",
+        "checkpoint",
+    )
+    assert all(isinstance(costs[name], float) and costs[name] >= 0 for name in probed), costs
+    assert costs["settings"] is None  # decided from the settings alone: nothing to measure

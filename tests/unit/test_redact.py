@@ -24,8 +24,6 @@ def test_redactor_masks_values_everywhere() -> None:
     redact = Redactor(secret_values(env))
     text = "argv --key abcd1234secret and hf_xyzxyz; seed 666"
     assert redact(text) == f"argv --key {MASK} and {MASK}; seed 666"
-    shown = redact.environment(env)
-    assert shown["WANDB_API_KEY"] == MASK and shown["SEED"] == "666"
 
 
 PEM = (
