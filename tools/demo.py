@@ -263,6 +263,8 @@ def clamp_workers(demo: Demo) -> int:
     print(
         f"   usable CPUs {cpu['usable']} ({cpu['source']}); workers {cpu['requested_workers']} -> {cpu['workers']}"
     )
+    if cgroup is not None and "cgroup" not in cpu["source"]:
+        print(f"   (this machine has {os.cpu_count()} CPUs: the 2-CPU quota and the CPU count agree)")
     where = "real 2-CPU cgroup quota" if cgroup is not None else "CPU_LIMIT=2 (no cgroup here)"
     demo.summary.append(("16 workers on 2 CPUs", f"clamped to {cpu['workers']} ({where})", "report.json cpu"))
     return 0
