@@ -11,9 +11,17 @@ from entrypoint.errors import EXIT_CHECK_FAILED, EXIT_OK, CheckFailed, ConfigErr
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("dataset", help="dataset tools: `dataset scan` decodes every clip once")
+    parser = subparsers.add_parser(
+        "dataset",
+        help="dataset tools: `dataset scan` decodes every clip once",
+        epilog="example: preflight dataset scan --env-file .env --json",
+    )
     actions = parser.add_subparsers(dest="dataset_action", metavar="ACTION", required=True)
-    scan = actions.add_parser("scan", help="decode every clip: sample rates, channels, clipping, silence")
+    scan = actions.add_parser(
+        "scan",
+        help="decode every clip: sample rates, channels, clipping, silence",
+        epilog="example: preflight dataset scan --env-file .env --json",
+    )
     scan.add_argument("--env-file", help="settings file (default: $ENV_FILE, else ./.env)")
     scan.add_argument("--dataset", help="prepared dataset folder (default: DATASET_DIR)")
     scan.add_argument("--json", action="store_true", help="print the findings as JSON")

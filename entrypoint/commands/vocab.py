@@ -10,10 +10,16 @@ from entrypoint.errors import EXIT_OK, CheckFailed, ConfigError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("vocab", help="vocabulary tools: `vocab extend` adds missing characters")
+    parser = subparsers.add_parser(
+        "vocab",
+        help="vocabulary tools: `vocab extend` adds missing characters",
+        epilog="example: preflight vocab extend --env-file .env   (then set VOCAB_FILE and PRETRAINED_CHECKPOINT "
+        "to the files it names)",
+    )
     actions = parser.add_subparsers(dest="vocab_action", metavar="ACTION", required=True)
     extend = actions.add_parser(
         "extend",
+        epilog="example: preflight vocab extend --env-file .env --out-dir data/pretrained",
         help="write a vocabulary with the dataset's missing characters and a checkpoint grown to match",
         description="Writes <vocab>_<size>.txt and <checkpoint>_vocab<size>.pt|.safetensors next to the "
         "originals (or into --out-dir), validates the new checkpoint, and never modifies the originals. "
