@@ -11,17 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_helpers import env_args, preflight, write_dataset
 from tests.mounts import tmpfs
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "wandb-secret-0123456789abcdef"
-
-
-def write_dataset(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "raw.arrow").write_bytes(b"arrow")
-    (folder / "duration.json").write_text('{"duration": [1.0]}')
-    (folder / "vocab.txt").write_text(" \na\nb\n")
 
 
 @pytest.fixture
@@ -33,26 +27,6 @@ def workspace(tmp_path: Path) -> Path:
         f"WANDB_API_KEY={SECRET}\n"
     )
     return tmp_path
-
-
-def preflight(
-    workspace: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    base = {key: value for key, value in os.environ.items() if not key.startswith(("PREFLIGHT_", "WANDB"))}
-    base.pop("ENV_FILE", None)
-    base.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "entrypoint", *args],
-        cwd=workspace,
-        env=base,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def env_args(workspace: Path) -> list[str]:
-    return ["--env-file", str(workspace / "test.env")]
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:

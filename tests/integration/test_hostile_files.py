@@ -4,22 +4,15 @@ documented exit code, never a traceback, and nothing damaged."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.cli_helpers import env_args, preflight, write_dataset
 from tests.mounts import bind_mount
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def write_dataset(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "raw.arrow").write_bytes(b"arrow")
-    (folder / "duration.json").write_text('{"duration": [1.0]}')
-    (folder / "vocab.txt").write_text(" \na\nb\n")
 
 
 @pytest.fixture
@@ -31,27 +24,6 @@ def workspace(tmp_path: Path) -> Path:
         f"DATASET_DIR={tmp_path / 'dataset'}\nALLOW_SCRATCH=true\nMODEL_PRESET=tiny\n"
     )
     return tmp_path
-
-
-def preflight(
-    workspace: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    base = {key: value for key, value in os.environ.items() if not key.startswith(("PREFLIGHT_", "WANDB"))}
-    base.pop("ENV_FILE", None)
-    base["PYTHONPATH"] = str(ROOT)  # this tree's package, whatever is installed
-    base.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "entrypoint", *args],
-        cwd=workspace,
-        env=base,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def env_args(workspace: Path) -> list[str]:
-    return ["--env-file", str(workspace / "test.env")]
 
 
 def test_a_verdict_cache_nested_too_deep_is_ignored_with_a_warning(workspace: Path) -> None:
