@@ -10,6 +10,8 @@ import io
 from collections.abc import Iterable
 from pathlib import Path
 
+from entrypoint.checkpoints.regular_file import open_regular
+
 
 def read_vocabulary(path: Path) -> dict[str, int]:
     """Symbol -> index as F5-TTS builds it: text-mode line iteration, each line minus its last character.
@@ -17,7 +19,8 @@ def read_vocabulary(path: Path) -> dict[str, int]:
     Duplicated lines collapse onto the later index, as in F5-TTS; the model's embedding has len() rows.
     Raises OSError or UnicodeDecodeError when the file cannot be read.
     """
-    with open(path, encoding="utf-8") as handle:
+    # Never a plain open(): a FIFO named vocab.txt would block the preflight forever.
+    with open_regular(path) as raw, io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8") as handle:
         return _from_lines(handle)
 
 

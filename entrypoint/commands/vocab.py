@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _missing_from_dataset(dataset: Path, vocab: Path) -> list[str]:
     from entrypoint.readiness.dataset_facts import DatasetUnreadable, probe_dataset
-    from entrypoint.readiness.vocabulary import missing_tokens, read_vocab_map
+    from entrypoint.readiness.vocabulary import missing_tokens
+    from entrypoint.vocab import read_vocabulary
 
     try:
         facts = probe_dataset(dataset)
@@ -92,7 +93,7 @@ def _missing_from_dataset(dataset: Path, vocab: Path) -> list[str]:
     if facts.text is None:
         raise CheckFailed(f"the dataset's text cannot be read: {facts.text_skipped}", "give --symbols")
     try:
-        vocab_map = read_vocab_map(vocab)
+        vocab_map = read_vocabulary(vocab)
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(
             f"vocabulary {vocab} cannot be read: {getattr(error, 'strerror', None) or error}"

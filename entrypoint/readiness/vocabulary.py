@@ -12,16 +12,11 @@ from typing import Any
 
 from entrypoint.checks.result import FAIL, OK, WARN, CheckResult
 from entrypoint.readiness.dataset_facts import DatasetFacts
+from entrypoint.vocab import read_vocabulary
 
 NAME = "vocabulary"
 SHOWN = 8  # missing tokens named in the one-line message
 EXAMPLES = 100  # missing tokens described in the JSON data (a script on the wrong vocabulary has thousands)
-
-
-def read_vocab_map(path: Path) -> dict[str, int]:
-    """The map F5-TTS's get_tokenizer builds: each line minus its last character -> its line number."""
-    with open(path, encoding="utf-8") as handle:
-        return {line[:-1]: index for index, line in enumerate(handle)}
 
 
 def show_token(token: str) -> str:
@@ -63,7 +58,7 @@ def check_coverage(
         ), data
     try:
         raw = vocab_path.read_bytes()
-        vocab = read_vocab_map(vocab_path)
+        vocab = read_vocabulary(vocab_path)
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or str(error)
         return CheckResult(NAME, FAIL, f"vocabulary {vocab_path} cannot be read: {reason}"), data

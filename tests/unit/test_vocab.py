@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from entrypoint.checks.dataset import check_dataset
 from entrypoint.handoff import read_handoff
 from entrypoint.train.driver import vocabulary
@@ -28,3 +30,20 @@ def test_a_form_feed_inside_a_symbol_gives_the_same_count_to_preflight_and_train
     assert len(trainer_vocabulary) == 3
     assert preflight_count == len(trainer_vocabulary)
     assert trainer_vocabulary == read_vocabulary(vocab_file) == {" ": 0, "a\x0cb": 1, "c": 2}
+
+
+def test_a_fifo_named_like_the_vocabulary_is_refused_not_waited_on(tmp_path: Path) -> None:
+    import os
+
+    from entrypoint.checks.dataset import check_dataset
+    from entrypoint.vocab import read_vocabulary
+
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "raw.arrow").write_bytes(b"arrow")
+    (dataset / "duration.json").write_text('{"duration": [1.0]}')
+    os.mkfifo(dataset / "vocab.txt")  # no writer: a plain open() would block forever
+    with pytest.raises(OSError):
+        read_vocabulary(dataset / "vocab.txt")
+    result, size = check_dataset(dataset, dataset / "vocab.txt")
+    assert result.status == "fail" and size is None and "cannot be read" in result.message
