@@ -32,6 +32,7 @@ INSTALL_LINK = "install-link"  # stock mode: the chosen file hard-linked where F
 INSTALL_COPY = "install-copy"  # stock mode: the same as a durable copy
 OWN_COPY = "own-copy"  # stock mode: a hard-linked model_last.pt replaced by a private copy
 LINK_FOLDER = "link-folder"  # stock mode: F5-TTS's package-relative folder pointed at ours
+RECORD_START = "record-start"  # this start in the run ledger (OUTPUT_DIR/preflight/runs.json)
 KINDS = (
     LOCK,
     CREATE_FOLDER,
@@ -43,6 +44,7 @@ KINDS = (
     INSTALL_COPY,
     OWN_COPY,
     LINK_FOLDER,
+    RECORD_START,
 )
 NOT_DONE_AFTER_FAILURE = "not done: an earlier required action failed"
 
@@ -69,6 +71,7 @@ class Action:
             INSTALL_COPY: "copy",
             OWN_COPY: "give its own copy to",
             LINK_FOLDER: "link",
+            RECORD_START: "record this start in",
         }[self.kind]
         text = f"{verb} {self.path}"
         if self.target is not None:
@@ -236,6 +239,13 @@ def _link_folder(action: Action, _qdir: Path | None, _performed: Performed) -> A
     return ActionResult(action, True, landed=link)
 
 
+def _record_start(action: Action, _qdir: Path | None, _performed: Performed) -> ActionResult:
+    from entrypoint.ledger import record_start
+
+    record_start(action.path, int(action.details["resumed_from"]), int(action.details["log_offset"]))
+    return ActionResult(action, True, landed=action.path)
+
+
 _HANDLERS: dict[str, Callable[[Action, Path | None, Performed], ActionResult]] = {
     LOCK: _lock,
     CREATE_FOLDER: _create_folder,
@@ -247,6 +257,7 @@ _HANDLERS: dict[str, Callable[[Action, Path | None, Performed], ActionResult]] =
     INSTALL_COPY: _install,
     OWN_COPY: _own_copy,
     LINK_FOLDER: _link_folder,
+    RECORD_START: _record_start,
 }
 
 

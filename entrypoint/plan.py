@@ -7,7 +7,7 @@ the trainer's command line, its environment and the handoff document. A newcomer
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from entrypoint.checks.writable import check_writable
 from entrypoint.cpu_plan import CpuPlan, plan_cpu
 from entrypoint.facts import Facts
 from entrypoint.handoff import Handoff, TrainingOptions
+from entrypoint.ledger import RunRecord, crash_loop, ledger_path
 from entrypoint.modes import SafeMode, mode_for
 from entrypoint.naming import REPORT_DIR_NAME
 from entrypoint.probes.cpu import CpuFacts
@@ -59,7 +60,12 @@ class Plan:
 
 
 def plan_preflight(
-    loaded: LoadedSettings, facts: Facts, checkpoint: CheckpointPlan, environ: Mapping[str, str]
+    loaded: LoadedSettings,
+    facts: Facts,
+    checkpoint: CheckpointPlan,
+    environ: Mapping[str, str],
+    *,
+    force: bool = False,
 ) -> Plan:
     settings = loaded.settings
     mode = mode_for(settings)
@@ -91,6 +97,7 @@ def plan_preflight(
     checks.append(check_logger(settings.logger, environ, loaded.file_values))
     checks.append(_trainer_check(settings, facts))
     checks.append(_lock_check(settings, facts))
+    checks.append(crash_loop_check(facts.runs, settings.crash_loop_limit, facts.failed_runs_log, force=force))
     layout, layout_problem = mode.layout(settings) if facts.builtin else ([], None)
     if layout_problem is not None:
         checks.append(layout_problem)
@@ -119,7 +126,12 @@ def plan_preflight(
             training=TrainingOptions.from_settings(settings),
             preflight_version=__version__,
         )
-        actions = (*_folder_actions(facts), *checkpoint.actions, *layout)
+        actions = (
+            *_folder_actions(facts),
+            *checkpoint.actions,
+            *layout,
+            _record_start(settings, facts, handoff),
+        )
     return Plan(
         settings=settings,
         mode=mode,
@@ -134,6 +146,36 @@ def plan_preflight(
         handoff=handoff,
         cost_ms=dict(facts.cost_ms),
     )
+
+
+def _record_start(settings: Settings, facts: Facts, handoff: Handoff) -> Action:
+    """The last action: this start in the run ledger (the crash-loop breaker's memory)."""
+    return Action(
+        act.RECORD_START,
+        ledger_path(settings.output_dir / REPORT_DIR_NAME),
+        cause=f"resumes from update {handoff.checkpoint_update}",
+        details={"resumed_from": handoff.checkpoint_update, "log_offset": facts.log_size},
+    )
+
+
+CRASH_LOOP_FIX = (
+    "fix the cause shown in these lines, then start once with `preflight run --force` "
+    "(CRASH_LOOP_LIMIT=0 turns the breaker off)"
+)
+
+
+def crash_loop_check(
+    runs: Sequence[RunRecord], limit: int, log_lines: Sequence[str], *, force: bool
+) -> CheckResult:
+    loop = crash_loop(runs, limit)
+    if loop is None:
+        return CheckResult("crash-loop", OK, f"no crash loop (the last {limit} starts, run ledger)")
+    if force:
+        return CheckResult("crash-loop", WARN, loop.message() + " (--force: starting anyway)")
+    message = loop.message()
+    if log_lines:
+        message += "; the last lines of training.log from these runs:\n    " + "\n    ".join(log_lines)
+    return CheckResult("crash-loop", FAIL, message, CRASH_LOOP_FIX)
 
 
 def _folder_actions(facts: Facts) -> list[Action]:

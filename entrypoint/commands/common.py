@@ -31,6 +31,7 @@ def make_plan(
     command: list[str] | None = None,
     wait: bool = False,
     environ: Mapping[str, str] | None = None,
+    force: bool = False,
 ) -> Plan:
     """Probe, decide the checkpoint (reads only), and plan. Nothing on disk changes."""
     environ = os.environ if environ is None else environ
@@ -41,4 +42,4 @@ def make_plan(
         settings, mode_for(settings), expect=Expectation(settings.model_preset, facts.vocab_size)
     )
     facts.cost_ms["checkpoint"] = (time.perf_counter() - start) * 1000
-    return plan_preflight(loaded, facts, checkpoint, environ)
+    return plan_preflight(loaded, facts, checkpoint, environ, force=force)

@@ -33,6 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "run", help=HELP, description=HELP + " (the default command)", epilog=EXAMPLE
     )
     add_env_options(parser)
+    parser.add_argument(
+        "--force", action="store_true", help="start even when the crash-loop breaker would refuse (once)"
+    )
     return parser
 
 
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace, command: list[str] | None = None) -> int:
     settings = loaded.settings
     redact = redactor_for(loaded)
     tee_output(settings.log_dir, redact)
-    plan = make_plan(loaded, command=command, wait=True)
+    plan = make_plan(loaded, command=command, wait=True, force=getattr(args, "force", False))
     performed = perform(plan.actions, quarantine_dir=settings.quarantine_dir) if plan.handoff else None
     outcome = settle(plan.checkpoint, performed.results if performed else None, settings)
     extra = _after_actions(plan, performed, outcome.load_path if outcome.kind != "none" else None)

@@ -95,7 +95,12 @@ def test_the_lock_comes_first_and_missing_folders_are_created_by_run() -> None:
     quarantine = Action(act.QUARANTINE, loaded.settings.output_dir / "model_last.pt", None, "truncated")
     plan = plan_preflight(loaded, _facts(loaded), _checkpoint(loaded, quarantine), {})
     kinds = [(a.kind, a.path.name) for a in plan.actions]
-    assert kinds == [("lock", "output"), ("create-folder", "logs"), ("quarantine", "model_last.pt")]
+    assert kinds == [
+        ("lock", "output"),
+        ("create-folder", "logs"),
+        ("quarantine", "model_last.pt"),
+        ("record-start", "runs.json"),  # the run ledger's record of this start comes last
+    ]
     writable_log = next(c for c in plan.checks if c.name == "writable-log")
     assert writable_log.status == OK and "creates it" in writable_log.message
 
