@@ -18,7 +18,7 @@ from entrypoint.errors import (
 )
 from entrypoint.redact import Redactor, secret_values
 
-COMMANDS = ("run", "check", "validate", "settings")
+COMMANDS = ("run", "check", "validate", "settings", "status")
 
 
 def _module(name: str) -> ModuleType:
@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="preflight",
         description="Check the container, choose a valid checkpoint and start F5-TTS training safely.",
         epilog="Exit codes: 0 ready, 1 invalid file (validate), 2 configuration error, 3 a check failed, "
-        "4 the trainer could not be started. Example: preflight check --env-file .env",
+        "4 the trainer could not be started; the trainer: 5 final save failed, 6 NaN/Inf loss, 7 stalled (see README). Example: preflight check --env-file .env",
     )
     parser.add_argument("--version", action="version", version=f"preflight {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -178,3 +178,30 @@ def test_nan_weights_are_never_saved_over_a_checkpoint_or_a_backup(dataset: Path
         state = load_checkpoint(path)
         assert _all_finite(state), path
         assert math.isfinite(float(state["update"]))
+
+
+def test_status_shows_the_ledger_the_newest_checkpoint_and_the_last_heartbeat(
+    dataset: Path, tmp_path: Path
+) -> None:
+    values = tiny_settings(dataset, tmp_path, max_updates=6)
+    env_file = write_settings(tmp_path, values)
+    result = run_training(env_file, timeout=180)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    argv, env = training_command(env_file)
+    status_argv = [*argv[:3], "status", "--env-file", str(env_file)]
+    shown = subprocess.run([*status_argv, "--json"], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert status["newest_valid_checkpoint"]["update"] == 6
+    assert status["heartbeat"]["phase"] == "ended" and status["heartbeat"]["update"] == 6
+    assert status["heartbeat"]["updates_per_s"] > 0
+    [run] = status["runs"]
+    assert (run["exit_code"], run["outcome"], run["resumed_from"], run["last_saved_update"]) == (
+        0,
+        "finished",
+        0,
+        6,
+    )
+    text = subprocess.run(status_argv, env=env, cwd=REPO_ROOT, capture_output=True, text=True).stdout
+    assert "newest valid checkpoint:" in text and "(update 6)" in text
+    assert "resumed from update 0: exit 0 finished, saved update 6" in text
