@@ -3,8 +3,10 @@ saved over a checkpoint or a backup.
 
 The trainer reports each update's loss and gradient norm (`observe_loss`, `observe_grad_norm`) and closes
 the update with `end_update`. A single non-finite gradient norm is normal with fp16 (the gradient scaler
-skips that step and lowers its scale); NON_FINITE_LIMIT of them in a row is not. Whether a state may be
-saved is decided on the weights themselves (`state_is_finite`), so a skipped fp16 step still saves.
+skips that step and lowers its scale); NON_FINITE_LIMIT of them in a row is not. A state is not saved
+while its weights are NaN/Inf (`state_is_finite`) or while the updates are non-finite (`in_bad_streak`).
+The values are kept as tensors and read when the update closes: by then F5-TTS's own `loss.item()` has
+synchronised with the GPU, so the guard adds no synchronisation point of its own inside the update.
 Torch-free until a tensor is handed in.
 """
 
@@ -60,15 +62,26 @@ class FiniteGuard:
         self.bad_kinds: set[str] = set()
         self._loss_bad = False
         self._norm_bad = False
+        self._pending: list[tuple[str, Any]] = []  # values of the update in progress, not read yet
 
     def observe_loss(self, loss: Any) -> None:
-        self._loss_bad = self._loss_bad or not math.isfinite(_as_float(loss))
+        self._pending.append(("loss", loss.detach() if hasattr(loss, "detach") else loss))
 
     def observe_grad_norm(self, norm: Any) -> None:
-        self._norm_bad = self._norm_bad or not math.isfinite(_as_float(norm))
+        self._pending.append(("norm", norm.detach() if hasattr(norm, "detach") else norm))
+
+    def _read_pending(self) -> None:
+        for kind, value in self._pending:
+            if not math.isfinite(_as_float(value)):
+                if kind == "loss":
+                    self._loss_bad = True
+                else:
+                    self._norm_bad = True
+        self._pending.clear()
 
     @property
     def update_was_bad(self) -> bool:
+        self._read_pending()
         return self._loss_bad or self._norm_bad
 
     @property
