@@ -29,6 +29,7 @@ from entrypoint.ledger import RunRecord, crash_loop, ledger_path
 from entrypoint.modes import SafeMode, mode_for
 from entrypoint.naming import REPORT_DIR_NAME
 from entrypoint.probes.cpu import CpuFacts
+from entrypoint.probes.gpu import GpuFacts
 from entrypoint.run_lock import LOCK_NAME
 from entrypoint.settings import SPECS, LoadedSettings, Settings
 
@@ -98,6 +99,9 @@ def plan_preflight(
     checks.append(_trainer_check(settings, facts))
     checks.append(_lock_check(settings, facts))
     checks.append(crash_loop_check(facts.runs, settings.crash_loop_limit, facts.failed_runs_log, force=force))
+    gone = gpu_gone_check(facts.runs, facts.gpu)
+    if gone is not None:
+        checks.append(gone)
     layout, layout_problem = mode.layout(settings) if facts.builtin else ([], None)
     if layout_problem is not None:
         checks.append(layout_problem)
@@ -176,6 +180,25 @@ def crash_loop_check(
     if log_lines:
         message += "; the last lines of training.log from these runs:\n    " + "\n    ".join(log_lines)
     return CheckResult("crash-loop", FAIL, message, CRASH_LOOP_FIX)
+
+
+GPU_GONE = "gpu-answers"
+GPU_GONE_FIX = "the GPU does not answer: reset the VM or the host (a container restart cannot bring it back)"
+
+
+def gpu_gone_check(runs: Sequence[RunRecord], gpu: GpuFacts) -> CheckResult | None:
+    """After a run that failed (a crash, a stall, a kill), GPU device nodes without an answering GPU mean the
+    GPU fell off the bus (an Xid, a VM event): restarting the container would only loop."""
+    if not runs or not runs[-1].failed or gpu.count or not gpu.device_nodes:
+        return None
+    why = gpu.error or "nvidia-smi lists no GPU"
+    nodes = ", ".join("/dev/" + node for node in gpu.device_nodes[:3])
+    return CheckResult(
+        GPU_GONE,
+        FAIL,
+        f"the last run {runs[-1].describe_end()} and now the GPU does not answer ({why}; {nodes} exist)",
+        GPU_GONE_FIX,
+    )
 
 
 def _folder_actions(facts: Facts) -> list[Action]:

@@ -16,11 +16,11 @@ from entrypoint.actions import ActionResult, Performed, perform
 from entrypoint.checkpoints.resolve import failed_after_actions, settle
 from entrypoint.checks.result import FAIL, CheckResult
 from entrypoint.commands.common import add_env_options, make_plan, redactor_for
-from entrypoint.errors import EXIT_CHECK_FAILED, EXIT_OK
+from entrypoint.errors import EXIT_CHECK_FAILED, EXIT_GPU_GONE, EXIT_OK
 from entrypoint.handoff import handoff_path, write_handoff
 from entrypoint.launch import exec_trainer
 from entrypoint.logfile import TEE_MARKER, tee_descriptors, tee_output
-from entrypoint.plan import LOCK_FIX, Plan
+from entrypoint.plan import GPU_GONE, LOCK_FIX, Plan
 from entrypoint.report import build_report, redact_tree, render_text, write_report
 from entrypoint.settings import load_settings
 
@@ -67,7 +67,8 @@ def run(args: argparse.Namespace, command: list[str] | None = None) -> int:
     else:
         print(text)
     if report["status"] == "fail" or plan.handoff is None:
-        return EXIT_CHECK_FAILED
+        gone = any(check.name == GPU_GONE and check.status == FAIL for check in plan.checks)
+        return EXIT_GPU_GONE if gone else EXIT_CHECK_FAILED
     path = handoff_path(plan.report_dir)
     write_handoff(path, plan.handoff)
     env = {**plan.env, **plan.handoff.environment(path)}

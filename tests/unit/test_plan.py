@@ -133,3 +133,45 @@ def test_stock_mode_counts_its_sixteen_workers_in_the_shm_and_cpu_checks() -> No
     shm = next(c for c in plan.checks if c.name == "shm")
     assert cpu.status == "warn" and "always starts 16 workers" in cpu.message
     assert shm.status == "warn" and "16 DataLoader worker(s)" in shm.message
+
+
+def _failed_run(resumed_from: int, exit_code: int | None = 1):
+    from entrypoint.ledger import RunRecord
+
+    ended = None if exit_code is None else 2.0
+    return RunRecord(1.0, 7, resumed_from, 0, ended, exit_code, "crash" if exit_code else "", "boom", None)
+
+
+def test_a_crash_loop_in_the_ledger_fails_run_with_the_update_and_log_lines_and_records_no_start() -> None:
+    loaded = _loaded(crash_loop_limit="2")
+    runs = (_failed_run(500), _failed_run(500, exit_code=None))
+    facts = _facts(loaded, runs=runs, failed_runs_log=("RuntimeError: Failed to decode bad.wav",))
+    plan = plan_preflight(loaded, facts, _checkpoint(loaded), {})
+    [loop] = [check for check in plan.checks if check.name == "crash-loop"]
+    assert loop.status == FAIL and plan.handoff is None and plan.actions == ()
+    assert "resumed from update 500" in loop.message and "bad.wav" in loop.message
+    assert "--force" in loop.fix
+    forced = plan_preflight(loaded, facts, _checkpoint(loaded), {}, force=True)
+    assert forced.handoff is not None and forced.actions[-1].kind == act.RECORD_START
+    assert forced.actions[-1].details["resumed_from"] == 1200
+
+
+def test_device_nodes_without_an_answering_gpu_after_a_failed_run_need_the_host() -> None:
+    # A GPU cannot exist here: its facts are written out, as the probe would report a lost one.
+    loaded = _loaded()
+    lost = GpuFacts((), None, None, "none", "nvidia-smi did not answer within 10 s", ("nvidia0", "nvidiactl"))
+    plan = plan_preflight(
+        loaded, _facts(loaded, gpu=lost, runs=(_failed_run(10, 7),)), _checkpoint(loaded), {}
+    )
+    [gone] = [check for check in plan.checks if check.name == "gpu-answers"]
+    assert gone.status == FAIL and "reset the VM or the host" in gone.fix
+    after_clean_end = _facts(loaded, gpu=lost, runs=(_failed_run(10, 0),))
+    assert all(
+        c.name != "gpu-answers"
+        for c in plan_preflight(loaded, after_clean_end, _checkpoint(loaded), {}).checks
+    )
+    no_gpu_machine = _facts(loaded, runs=(_failed_run(10, 7),))  # no device nodes: a CPU machine
+    assert all(
+        c.name != "gpu-answers"
+        for c in plan_preflight(loaded, no_gpu_machine, _checkpoint(loaded), {}).checks
+    )
