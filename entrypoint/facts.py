@@ -6,7 +6,10 @@ visible. `wait=True` (`preflight run`) first gives a late mount or a file still 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+import re
 import shlex
 import time
 from collections.abc import Callable, Mapping
@@ -61,6 +64,7 @@ class Facts:
     runs: tuple[RunRecord, ...] = ()  # the run ledger, oldest first
     log_size: int = 0  # training.log's size now: the next start's lines follow
     failed_runs_log: tuple[str, ...] = ()  # training.log's last lines since the start CRASH_LOOP_LIMIT ago
+    superseded: tuple[tuple[str, int], ...] = ()  # (path, bytes) of older copies moved aside (*.superseded)
     cost_ms: dict[str, float] = field(default_factory=dict)  # probe name -> milliseconds
 
 
@@ -105,6 +109,7 @@ def gather_facts(
         argv = mode_for(settings).argv(settings, processes)  # a bad combination is a ConfigError (exit 2)
     problem = timed("trainer", lambda: trainer_problem(argv, environ))
     runs, log_size, failed_log = timed("ledger", lambda: _ledger_facts(settings))
+    superseded = timed("disk", lambda: _superseded_copies(settings))
     return Facts(
         gpu=gpu,
         cpu=timed("cpu", probe_cpu),
@@ -129,8 +134,26 @@ def gather_facts(
         runs=runs,
         log_size=log_size,
         failed_runs_log=failed_log,
+        superseded=superseded,
         cost_ms=timed.cost_ms,
     )
+
+
+_SUPERSEDED = re.compile(r".+\.superseded(\.\d+)?$")
+
+
+def _superseded_copies(settings: Settings) -> tuple[tuple[str, int], ...]:
+    found = []
+    for folder in dict.fromkeys(f for f in (settings.output_dir, settings.quarantine_dir) if f):
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if _SUPERSEDED.fullmatch(entry.name):
+                with contextlib.suppress(OSError):
+                    found.append((entry.path, entry.stat(follow_symlinks=False).st_size))
+    return tuple(sorted(found))
 
 
 def _ledger_facts(settings: Settings) -> tuple[tuple[RunRecord, ...], int, tuple[str, ...]]:

@@ -19,7 +19,7 @@ from entrypoint.checks.disk import check_disk, saves_needed
 from entrypoint.checks.gpu import check_gpu
 from entrypoint.checks.limits import check_init, check_ulimits
 from entrypoint.checks.logger import check_logger
-from entrypoint.checks.result import FAIL, OK, WARN, CheckResult, worst
+from entrypoint.checks.result import FAIL, OK, WARN, CheckResult, human_bytes, worst
 from entrypoint.checks.shm import check_shm
 from entrypoint.checks.writable import check_writable
 from entrypoint.cpu_plan import CpuPlan, plan_cpu
@@ -94,6 +94,8 @@ def plan_preflight(
     for variable, folder in facts.folders.items():
         checks.append(check_writable(labels[variable], variable, folder))
     checks += _disk_checks(settings, facts)
+    if facts.superseded:
+        checks.append(superseded_check(facts.superseded))
     checks.append(facts.dataset)
     checks.append(check_logger(settings.logger, environ, loaded.file_values))
     checks.append(_trainer_check(settings, facts))
@@ -180,6 +182,25 @@ def crash_loop_check(
     if log_lines:
         message += "; the last lines of training.log from these runs:\n    " + "\n    ".join(log_lines)
     return CheckResult("crash-loop", FAIL, message, CRASH_LOOP_FIX)
+
+
+def superseded_check(copies: Sequence[tuple[str, int]]) -> CheckResult:
+    """Older model_last.pt copies moved aside when a kill landed between a save's fsync and its rename: intact,
+    older than the newer save that replaced them, and full-size; counted so the disk check is not fooled."""
+    total = sum(size for _, size in copies)
+    names = ", ".join(Path(path).name for path, _ in copies[:3]) + (", ..." if len(copies) > 3 else "")
+    message = (
+        f"{len(copies)} older checkpoint copies moved aside (*.superseded) hold {human_bytes(total)}: {names}"
+    )
+    if len(copies) == 1:
+        return CheckResult("disk-superseded", OK, message)
+    return CheckResult(
+        "disk-superseded",
+        WARN,
+        message,
+        "each is older than a verified newer save: keep the newest copy if you like and delete the others "
+        "to free the space (nothing deletes them for you)",
+    )
 
 
 GPU_GONE = "gpu-answers"

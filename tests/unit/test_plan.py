@@ -175,3 +175,27 @@ def test_device_nodes_without_an_answering_gpu_after_a_failed_run_need_the_host(
         c.name != "gpu-answers"
         for c in plan_preflight(loaded, no_gpu_machine, _checkpoint(loaded), {}).checks
     )
+
+
+def test_superseded_copies_are_found_on_disk_and_counted_by_the_disk_check(tmp_path: Path) -> None:
+    from entrypoint.facts import _superseded_copies
+
+    output = tmp_path / "output"
+    output.mkdir()
+    for name in ("model_last.pt.superseded", "model_last.pt.superseded.1", "model_last.pt.superseded.2"):
+        (output / name).write_bytes(b"x" * 1000)
+    (output / "model_last.pt.superseded.json").write_text("{}")  # its reason file is not a copy
+    (output / "model_last.pt").write_bytes(b"y")
+    loaded = load_settings({"OUTPUT_DIR": str(output), "DATASET_DIR": str(tmp_path / "dataset")})
+    copies = _superseded_copies(loaded.settings)
+    assert [Path(path).name for path, _ in copies] == [
+        "model_last.pt.superseded",
+        "model_last.pt.superseded.1",
+        "model_last.pt.superseded.2",
+    ]
+    plan = plan_preflight(loaded, _facts(loaded, superseded=copies), _checkpoint(loaded), {})
+    [check] = [c for c in plan.checks if c.name == "disk-superseded"]
+    assert (
+        check.status == "warn" and "3 older checkpoint copies" in check.message and "2.9 KiB" in check.message
+    )
+    assert all(path.exists() for path in output.iterdir())  # counted, never removed
