@@ -132,12 +132,10 @@ def plan_preflight(
             training=TrainingOptions.from_settings(settings),
             preflight_version=__version__,
         )
-        actions = (
-            *_folder_actions(facts),
-            *checkpoint.actions,
-            *layout,
-            _record_start(settings, facts, handoff),
-        )
+        actions = (*_folder_actions(facts), *checkpoint.actions, *layout)
+        if facts.builtin and settings.trainer_mode == "safe":
+            # Only the built-in trainer records its end: another trainer's starts would all look killed.
+            actions = (*actions, _record_start(settings, facts, handoff))
     return Plan(
         settings=settings,
         mode=mode,
