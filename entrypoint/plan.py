@@ -7,7 +7,7 @@ the trainer's command line, its environment and the handoff document. A newcomer
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,19 +17,19 @@ from entrypoint.actions import Action
 from entrypoint.checkpoints.resolve import CheckpointPlan
 from entrypoint.checks.disk import check_disk, saves_needed
 from entrypoint.checks.gpu import check_gpu
+from entrypoint.checks.guards import crash_loop_check, gpu_gone_check, superseded_check
 from entrypoint.checks.limits import check_init, check_ulimits
 from entrypoint.checks.logger import check_logger
-from entrypoint.checks.result import FAIL, OK, WARN, CheckResult, human_bytes, worst
+from entrypoint.checks.result import FAIL, OK, WARN, CheckResult, worst
 from entrypoint.checks.shm import check_shm
 from entrypoint.checks.writable import check_writable
 from entrypoint.cpu_plan import CpuPlan, plan_cpu
 from entrypoint.facts import Facts
 from entrypoint.handoff import Handoff, TrainingOptions
-from entrypoint.ledger import RunRecord, crash_loop, ledger_path
+from entrypoint.ledger import ledger_path
 from entrypoint.modes import SafeMode, mode_for
 from entrypoint.naming import REPORT_DIR_NAME
 from entrypoint.probes.cpu import CpuFacts
-from entrypoint.probes.gpu import GpuFacts
 from entrypoint.run_lock import LOCK_NAME
 from entrypoint.settings import SPECS, LoadedSettings, Settings
 
@@ -159,64 +159,6 @@ def _record_start(settings: Settings, facts: Facts, handoff: Handoff) -> Action:
         ledger_path(settings.output_dir / REPORT_DIR_NAME),
         cause=f"resumes from update {handoff.checkpoint_update}",
         details={"resumed_from": handoff.checkpoint_update, "log_offset": facts.log_size},
-    )
-
-
-CRASH_LOOP_FIX = (
-    "fix the cause shown in these lines, then start once with `preflight run --force` "
-    "(CRASH_LOOP_LIMIT=0 turns the breaker off)"
-)
-
-
-def crash_loop_check(
-    runs: Sequence[RunRecord], limit: int, log_lines: Sequence[str], *, force: bool
-) -> CheckResult:
-    loop = crash_loop(runs, limit)
-    if loop is None:
-        return CheckResult("crash-loop", OK, f"no crash loop (the last {limit} starts, run ledger)")
-    if force:
-        return CheckResult("crash-loop", WARN, loop.message() + " (--force: starting anyway)")
-    message = loop.message()
-    if log_lines:
-        message += "; the last lines of training.log from these runs:\n    " + "\n    ".join(log_lines)
-    return CheckResult("crash-loop", FAIL, message, CRASH_LOOP_FIX)
-
-
-def superseded_check(copies: Sequence[tuple[str, int]]) -> CheckResult:
-    """Older model_last.pt copies moved aside when a kill landed between a save's fsync and its rename: intact,
-    older than the newer save that replaced them, and full-size; counted so the disk check is not fooled."""
-    total = sum(size for _, size in copies)
-    names = ", ".join(Path(path).name for path, _ in copies[:3]) + (", ..." if len(copies) > 3 else "")
-    message = (
-        f"{len(copies)} older checkpoint copies moved aside (*.superseded) hold {human_bytes(total)}: {names}"
-    )
-    if len(copies) == 1:
-        return CheckResult("disk-superseded", OK, message)
-    return CheckResult(
-        "disk-superseded",
-        WARN,
-        message,
-        "each is older than a verified newer save: keep the newest copy if you like and delete the others "
-        "to free the space (nothing deletes them for you)",
-    )
-
-
-GPU_GONE = "gpu-answers"
-GPU_GONE_FIX = "the GPU does not answer: reset the VM or the host (a container restart cannot bring it back)"
-
-
-def gpu_gone_check(runs: Sequence[RunRecord], gpu: GpuFacts) -> CheckResult | None:
-    """After a run that failed (a crash, a stall, a kill), GPU device nodes without an answering GPU mean the
-    GPU fell off the bus (an Xid, a VM event): restarting the container would only loop."""
-    if not runs or not runs[-1].failed or gpu.count or not gpu.device_nodes:
-        return None
-    why = gpu.error or "nvidia-smi lists no GPU"
-    nodes = ", ".join("/dev/" + node for node in gpu.device_nodes[:3])
-    return CheckResult(
-        GPU_GONE,
-        FAIL,
-        f"the last run {runs[-1].describe_end()} and now the GPU does not answer ({why}; {nodes} exist)",
-        GPU_GONE_FIX,
     )
 
 

@@ -14,13 +14,14 @@ import sys
 from entrypoint import actions as act
 from entrypoint.actions import ActionResult, Performed, perform
 from entrypoint.checkpoints.resolve import failed_after_actions, settle
+from entrypoint.checks.guards import GPU_GONE
 from entrypoint.checks.result import FAIL, CheckResult
 from entrypoint.commands.common import add_env_options, make_plan, redactor_for
 from entrypoint.errors import EXIT_CHECK_FAILED, EXIT_GPU_GONE, EXIT_OK
 from entrypoint.handoff import handoff_path, write_handoff
 from entrypoint.launch import exec_trainer
 from entrypoint.logfile import TEE_MARKER, tee_descriptors, tee_output
-from entrypoint.plan import GPU_GONE, LOCK_FIX, Plan
+from entrypoint.plan import LOCK_FIX, Plan
 from entrypoint.report import build_report, redact_tree, render_text, write_report
 from entrypoint.settings import load_settings
 
