@@ -33,6 +33,7 @@ INSTALL_COPY = "install-copy"  # stock mode: the same as a durable copy
 OWN_COPY = "own-copy"  # stock mode: a hard-linked model_last.pt replaced by a private copy
 LINK_FOLDER = "link-folder"  # stock mode: F5-TTS's package-relative folder pointed at ours
 RECORD_FINGERPRINT = "record-fingerprint"  # the dataset and batch plan this run starts with
+RECORD_START = "record-start"  # this start in the run ledger (OUTPUT_DIR/preflight/runs.json)
 KINDS = (
     LOCK,
     CREATE_FOLDER,
@@ -45,6 +46,7 @@ KINDS = (
     OWN_COPY,
     LINK_FOLDER,
     RECORD_FINGERPRINT,
+    RECORD_START,
 )
 NOT_DONE_AFTER_FAILURE = "not done: an earlier required action failed"
 
@@ -72,6 +74,7 @@ class Action:
             OWN_COPY: "give its own copy to",
             LINK_FOLDER: "link",
             RECORD_FINGERPRINT: "record the dataset fingerprint in",
+            RECORD_START: "record this start in",
         }[self.kind]
         text = f"{verb} {self.path}"
         if self.target is not None:
@@ -246,6 +249,13 @@ def _record_fingerprint(action: Action, _qdir: Path | None, _performed: Performe
     return ActionResult(action, problem is None, problem or "", action.path)
 
 
+def _record_start(action: Action, _qdir: Path | None, _performed: Performed) -> ActionResult:
+    from entrypoint.ledger import record_start
+
+    record_start(action.path, int(action.details["resumed_from"]), int(action.details["log_offset"]))
+    return ActionResult(action, True, landed=action.path)
+
+
 _HANDLERS: dict[str, Callable[[Action, Path | None, Performed], ActionResult]] = {
     LOCK: _lock,
     CREATE_FOLDER: _create_folder,
@@ -258,6 +268,7 @@ _HANDLERS: dict[str, Callable[[Action, Path | None, Performed], ActionResult]] =
     OWN_COPY: _own_copy,
     LINK_FOLDER: _link_folder,
     RECORD_FINGERPRINT: _record_fingerprint,
+    RECORD_START: _record_start,
 }
 
 

@@ -1,4 +1,4 @@
-"""`preflight run | check | validate | settings`: the entrypoint users and the container call."""
+"""`preflight run | check | validate | settings | status`: the entrypoint users and the container call."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from entrypoint.errors import (
 )
 from entrypoint.redact import Redactor, secret_values
 
-COMMANDS = ("run", "check", "validate", "settings", "vocab", "dataset")
+COMMANDS = ("run", "check", "validate", "settings", "status", "vocab", "dataset")
 
 
 def _module(name: str) -> ModuleType:
@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="preflight",
         description="Check the container, choose a valid checkpoint and start F5-TTS training safely.",
         epilog="Exit codes: 0 ready, 1 invalid file (validate), 2 configuration error, 3 a check failed, "
-        "4 the trainer could not be started. Example: preflight check --env-file .env",
+        "4 the trainer could not be started, 8 the GPU no longer answers (run); the trainer: 5 final save "
+        "failed, 6 NaN/Inf loss, 7 stalled (see README). Example: preflight check --env-file .env",
     )
     parser.add_argument("--version", action="version", version=f"preflight {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")

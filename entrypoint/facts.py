@@ -6,7 +6,10 @@ visible. `wait=True` (`preflight run`) first gives a late mount or a file still 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+import re
 import shlex
 import time
 from collections.abc import Callable, Mapping
@@ -18,6 +21,8 @@ from entrypoint.checks.dataset import check_dataset
 from entrypoint.checks.result import FAIL, WARN, CheckResult
 from entrypoint.checks.writable import FolderFacts, probe_folder
 from entrypoint.launch import trainer_problem
+from entrypoint.ledger import RunRecord, ledger_path, log_tail, read_ledger
+from entrypoint.naming import LOG_FILE_NAME, REPORT_DIR_NAME
 from entrypoint.presets import PRESETS
 from entrypoint.probes.cpu import CpuFacts, probe_cpu
 from entrypoint.probes.gpu import GpuFacts, probe_gpu
@@ -60,6 +65,10 @@ class Facts:
     f5_tts_installed: bool
     lock_holder: str | None  # another trainer using OUTPUT_DIR
     waits: tuple[CheckResult, ...] = ()  # what `run` waited for in vain
+    runs: tuple[RunRecord, ...] = ()  # the run ledger, oldest first
+    log_size: int = 0  # training.log's size now: the next start's lines follow
+    failed_runs_log: tuple[str, ...] = ()  # training.log's last lines since the start CRASH_LOOP_LIMIT ago
+    superseded: tuple[tuple[str, int], ...] = ()  # (path, bytes) of older copies moved aside (*.superseded)
     cost_ms: dict[str, float] = field(default_factory=dict)  # probe name -> milliseconds
 
 
@@ -106,6 +115,8 @@ def gather_facts(
     readiness, readiness_data = timed(
         "readiness", lambda: readiness_checks(settings, settings.vocab_path, processes)
     )
+    runs, log_size, failed_log = timed("ledger", lambda: _ledger_facts(settings))
+    superseded = timed("disk-superseded", lambda: _superseded_copies(settings))
     return Facts(
         gpu=gpu,
         cpu=timed("cpu", probe_cpu),
@@ -132,8 +143,43 @@ def gather_facts(
         f5_tts_installed=timed("trainer", lambda: importlib.util.find_spec("f5_tts") is not None),
         lock_holder=timed("lock", lambda: run_lock.held_by_other(settings.output_dir)),
         waits=waits,
+        runs=runs,
+        log_size=log_size,
+        failed_runs_log=failed_log,
+        superseded=superseded,
         cost_ms=timed.cost_ms,
     )
+
+
+_SUPERSEDED = re.compile(r".+\.superseded(\.\d+)?$")
+
+
+def _superseded_copies(settings: Settings) -> tuple[tuple[str, int], ...]:
+    found = []
+    for folder in dict.fromkeys(f for f in (settings.output_dir, settings.quarantine_dir) if f):
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if _SUPERSEDED.fullmatch(entry.name):
+                with contextlib.suppress(OSError):
+                    found.append((entry.path, entry.stat(follow_symlinks=False).st_size))
+    return tuple(sorted(found))
+
+
+def _ledger_facts(settings: Settings) -> tuple[tuple[RunRecord, ...], int, tuple[str, ...]]:
+    runs = tuple(read_ledger(ledger_path(settings.output_dir / REPORT_DIR_NAME)))
+    log_file = settings.log_dir / LOG_FILE_NAME
+    try:
+        log_size = log_file.stat().st_size
+    except OSError:
+        log_size = 0
+    limit = settings.crash_loop_limit
+    tail: list[str] = []
+    if limit and len(runs) >= limit:
+        tail = log_tail(log_file, runs[-limit].log_offset)
+    return runs, log_size, tuple(tail)
 
 
 def _checkpoint_size(settings: Settings) -> tuple[int, str]:

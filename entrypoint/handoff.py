@@ -19,7 +19,7 @@ from typing import Any
 
 from entrypoint.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the guards' options (stall, DataLoader timeout, non-finite limit)
 HANDOFF_FILE_NAME = "handoff.json"
 HANDOFF_VARIABLE = "PREFLIGHT_HANDOFF"
 CHECKPOINT_KINDS = ("training", "pretrained", "scratch")
@@ -67,6 +67,10 @@ class TrainingOptions:
     backup_keep: int
     logger: str
     seed: int
+    stall_timeout_s: float | None
+    stall_min_s: float
+    dataloader_timeout_s: float
+    non_finite_limit: int
 
     @classmethod
     def from_settings(cls, settings: Any) -> TrainingOptions:
@@ -160,7 +164,10 @@ def parse_handoff(data: Any, path: Path | str = "handoff") -> Handoff:
     training_data = reader.value("training", dict)
     training_reader = _Reader(training_data, f"{path} training")
     training = TrainingOptions(
-        **{item.name: training_reader.value(item.name, _TYPES[item.type]) for item in fields(TrainingOptions)}
+        **{
+            item.name: _training_value(training_reader, item.name, str(item.type))
+            for item in fields(TrainingOptions)
+        }
     )
     kind = reader.value("checkpoint_kind", str)
     if kind not in CHECKPOINT_KINDS:
@@ -188,6 +195,15 @@ def parse_handoff(data: Any, path: Path | str = "handoff") -> Handoff:
 
 
 _TYPES: dict[Any, type] = {"str": str, "int": int, "float": float, str: str, int: int, float: float}
+_OPTIONAL = " | None"
+
+
+def _training_value(reader: _Reader, key: str, annotation: str) -> Any:
+    if annotation.endswith(_OPTIONAL):
+        if reader.value_or_none(key) is None:
+            return None
+        annotation = annotation[: -len(_OPTIONAL)]
+    return reader.value(key, _TYPES[annotation])
 
 
 class _Reader:
@@ -204,6 +220,11 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, kind):
             raise ConfigError(f"{self._where}: {key} is not a {kind.__name__}: {value!r}")
         return value
+
+    def value_or_none(self, key: str) -> Any:
+        if key not in self._data:
+            raise ConfigError(f"{self._where}: {key} is missing", _START_WITH_PREFLIGHT)
+        return self._data[key]
 
     def count(self, key: str, *, minimum: int) -> int:
         value = self.value(key, int)

@@ -17,6 +17,7 @@ from entrypoint.actions import Action
 from entrypoint.checkpoints.resolve import CheckpointPlan
 from entrypoint.checks.disk import check_disk, saves_needed
 from entrypoint.checks.gpu import check_gpu
+from entrypoint.checks.guards import crash_loop_check, gpu_gone_check, superseded_check
 from entrypoint.checks.limits import check_init, check_ulimits
 from entrypoint.checks.logger import check_logger
 from entrypoint.checks.result import FAIL, OK, WARN, CheckResult, worst
@@ -25,6 +26,7 @@ from entrypoint.checks.writable import check_writable
 from entrypoint.cpu_plan import CpuPlan, plan_cpu
 from entrypoint.facts import FOLDER_LABELS, Facts
 from entrypoint.handoff import Handoff, TrainingOptions
+from entrypoint.ledger import ledger_path
 from entrypoint.modes import SafeMode, mode_for
 from entrypoint.naming import REPORT_DIR_NAME
 from entrypoint.probes.cpu import CpuFacts
@@ -65,6 +67,8 @@ def plan_preflight(
     checkpoint: CheckpointPlan,
     environ: Mapping[str, str],
     fingerprint: CheckResult | None = None,
+    *,
+    force: bool = False,
 ) -> Plan:
     """`fingerprint`: how the dataset and batch plan compare with the run that wrote the checkpoint."""
     settings = loaded.settings
@@ -92,11 +96,17 @@ def plan_preflight(
     for variable, folder in facts.folders.items():
         checks.append(check_writable(FOLDER_LABELS[variable], variable, folder))
     checks += _disk_checks(settings, facts)
+    if facts.superseded:
+        checks.append(superseded_check(facts.superseded))
     checks.append(facts.dataset)
     checks += facts.readiness
     checks.append(check_logger(settings.logger, environ, loaded.file_values))
     checks.append(_trainer_check(settings, facts))
     checks.append(_lock_check(settings, facts))
+    checks.append(crash_loop_check(facts.runs, settings.crash_loop_limit, facts.failed_runs_log, force=force))
+    gone = gpu_gone_check(facts.runs, facts.gpu)
+    if gone is not None:
+        checks.append(gone)
     layout, layout_problem = mode.layout(settings) if facts.builtin else ([], None)
     if layout_problem is not None:
         checks.append(layout_problem)
@@ -133,6 +143,9 @@ def plan_preflight(
             *layout,
             *_record(settings, facts, checkpoint),
         )
+        if facts.builtin and settings.trainer_mode == "safe":
+            # Only the built-in trainer records its end: another trainer's starts would all look killed.
+            actions = (*actions, _record_start(settings, facts, handoff))
     return Plan(
         settings=settings,
         mode=mode,
@@ -146,6 +159,16 @@ def plan_preflight(
         env=env,
         handoff=handoff,
         cost_ms=dict(facts.cost_ms),
+    )
+
+
+def _record_start(settings: Settings, facts: Facts, handoff: Handoff) -> Action:
+    """The last action: this start in the run ledger (the crash-loop breaker's memory)."""
+    return Action(
+        act.RECORD_START,
+        ledger_path(settings.output_dir / REPORT_DIR_NAME),
+        cause=f"resumes from update {handoff.checkpoint_update}",
+        details={"resumed_from": handoff.checkpoint_update, "log_offset": facts.log_size},
     )
 
 

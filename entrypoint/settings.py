@@ -348,6 +348,52 @@ class Settings:
     )
     seed: int = _setting("int", "666", "Random seed.", "trainer", minimum=0, maximum=2**32 - 1)
 
+    # --- guards against a run that hangs, loops or diverges --------------------------------------------
+    stall_timeout_s: float | None = _setting(
+        "float",
+        "",
+        "Stop the trainer (exit 7) when no update completes for this long (saves and backups not counted); "
+        "empty: 20 x the slowest recent update, at least STALL_MIN_S; 0: never.",
+        "guards",
+        minimum=0,
+        maximum=7 * 86400,
+        optional=True,
+    )
+    stall_min_s: float = _setting(
+        "float",
+        "900",
+        "Floor of the automatic stall timeout, and the timeout until the first updates have been timed.",
+        "guards",
+        minimum=1,
+        maximum=7 * 86400,
+    )
+    dataloader_timeout_s: float = _setting(
+        "float",
+        "600",
+        "A batch not delivered by a DataLoader worker within this long is a stall (exit 7); 0: wait forever.",
+        "guards",
+        minimum=0,
+        maximum=7 * 86400,
+    )
+    non_finite_limit: int = _setting(
+        "int",
+        "5",
+        "Stop (exit 6) without saving when the loss or gradient norm is NaN/Inf this many updates in a row "
+        "(0: never stop; a non-finite state is still never saved).",
+        "guards",
+        minimum=0,
+        maximum=1_000_000,
+    )
+    crash_loop_limit: int = _setting(
+        "int",
+        "3",
+        "`run` refuses (exit 3) when this many starts in a row resumed from the same update and failed "
+        "without a new save (0: never; `preflight run --force` overrides once).",
+        "guards",
+        minimum=0,
+        maximum=1000,
+    )
+
     # --- Compose (read by compose.yaml; validated here so a typo is caught) ------------------------------
     gpu_count: str = _setting(
         "str",

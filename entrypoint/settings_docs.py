@@ -12,6 +12,7 @@ GROUP_TITLES = {
     "checkpoints": "Checkpoints: where to look, how hard to check",
     "model": "Model and vocabulary",
     "trainer": "Training",
+    "guards": "Guards: stalls, crash loops, NaN losses",
     "compose": "Compose (docker compose reads these from .env)",
 }
 

@@ -33,6 +33,7 @@ def make_plan(
     command: list[str] | None = None,
     wait: bool = False,
     environ: Mapping[str, str] | None = None,
+    force: bool = False,
 ) -> Plan:
     """Probe, decide the checkpoint (reads only), and plan. Nothing on disk changes."""
     environ = os.environ if environ is None else environ
@@ -58,4 +59,4 @@ def make_plan(
             checkpoint_kind=checkpoint.kind,
             update=checkpoint.update,
         )
-    return plan_preflight(loaded, facts, checkpoint, environ, fingerprint)
+    return plan_preflight(loaded, facts, checkpoint, environ, fingerprint, force=force)

@@ -14,9 +14,10 @@ import sys
 from entrypoint import actions as act
 from entrypoint.actions import ActionResult, Performed, perform
 from entrypoint.checkpoints.resolve import failed_after_actions, settle
+from entrypoint.checks.guards import GPU_GONE
 from entrypoint.checks.result import FAIL, CheckResult
 from entrypoint.commands.common import add_env_options, make_plan, redactor_for
-from entrypoint.errors import EXIT_CHECK_FAILED, EXIT_OK
+from entrypoint.errors import EXIT_CHECK_FAILED, EXIT_GPU_GONE, EXIT_OK
 from entrypoint.handoff import handoff_path, write_handoff
 from entrypoint.launch import exec_trainer
 from entrypoint.logfile import TEE_MARKER, tee_descriptors, tee_output
@@ -33,6 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "run", help=HELP, description=HELP + " (the default command)", epilog=EXAMPLE
     )
     add_env_options(parser)
+    parser.add_argument(
+        "--force", action="store_true", help="start even when the crash-loop breaker would refuse (once)"
+    )
     return parser
 
 
@@ -41,7 +45,7 @@ def run(args: argparse.Namespace, command: list[str] | None = None) -> int:
     settings = loaded.settings
     redact = redactor_for(loaded)
     tee_output(settings.log_dir, redact)
-    plan = make_plan(loaded, command=command, wait=True)
+    plan = make_plan(loaded, command=command, wait=True, force=getattr(args, "force", False))
     performed = perform(plan.actions, quarantine_dir=settings.quarantine_dir) if plan.handoff else None
     outcome = settle(plan.checkpoint, performed.results if performed else None, settings)
     extra = _after_actions(plan, performed, outcome.load_path if outcome.kind != "none" else None)
@@ -63,7 +67,8 @@ def run(args: argparse.Namespace, command: list[str] | None = None) -> int:
     else:
         print(render_text(report, terminal_width(sys.stdout)) + note)
     if report["status"] == "fail" or plan.handoff is None:
-        return EXIT_CHECK_FAILED
+        gone = any(check.name == GPU_GONE and check.status == FAIL for check in plan.checks)
+        return EXIT_GPU_GONE if gone else EXIT_CHECK_FAILED
     path = handoff_path(plan.report_dir)
     write_handoff(path, plan.handoff)
     env = {**plan.env, **plan.handoff.environment(path)}

@@ -12,15 +12,14 @@ import os
 import sys
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from entrypoint.errors import EXIT_CONFIG, ConfigError, PreflightError
+from entrypoint.errors import EXIT_CONFIG, EXIT_NON_FINITE, EXIT_STALLED, ConfigError, PreflightError
+from entrypoint.errors import EXIT_LAST_NOT_SAVED as EXIT_LAST_NOT_SAVED  # its old home; tests import it here
 from entrypoint.handoff import Handoff, read_handoff
 from entrypoint.vocab import read_vocabulary
 
-# Training ended (stopped or finished) but its final model_last.pt could not be saved: the newest saved
-# state is older than the update reached. Distinct from the preflight's codes 1-4.
-EXIT_LAST_NOT_SAVED = 5
 TENSORBOARD_SUBDIR = "tensorboard"
 # F5-TTS always asks for pinned memory; without a GPU torch warns about it on every epoch. Nothing is wrong.
 _PIN_MEMORY_WITHOUT_GPU = r"'pin_memory' argument is set as true but no accelerator is found"
@@ -62,6 +61,7 @@ def build_model(handoff: Handoff) -> Any:
 
 def build_trainer(handoff: Handoff, model: Any, stop: Any) -> Any:
     from entrypoint.train.backups import BackupPolicy
+    from entrypoint.train.finite_guard import FiniteGuard
     from entrypoint.train.safe_trainer import SafeTrainer
 
     options = handoff.training
@@ -80,6 +80,9 @@ def build_trainer(handoff: Handoff, model: Any, stop: Any) -> Any:
         max_updates=options.max_updates,
         backups=backups,
         tensorboard_dir=handoff.log_dir / TENSORBOARD_SUBDIR if options.logger == "tensorboard" else None,
+        watchdog=build_watchdog(handoff),
+        finite_guard=FiniteGuard(options.non_finite_limit),
+        dataloader_timeout_s=options.dataloader_timeout_s,
         epochs=options.epochs,
         learning_rate=options.learning_rate,
         num_warmup_updates=options.warmup_updates,
@@ -97,6 +100,61 @@ def build_trainer(handoff: Handoff, model: Any, stop: Any) -> Any:
         last_per_updates=options.last_every_updates,
         accelerate_kwargs={"mixed_precision": handoff.mixed_precision},
     )
+
+
+def _ledger(handoff: Handoff) -> Path:
+    from entrypoint.ledger import ledger_path
+    from entrypoint.naming import REPORT_DIR_NAME
+
+    return ledger_path(handoff.output_dir / REPORT_DIR_NAME)
+
+
+def build_watchdog(handoff: Handoff) -> Any:
+    """The stall watchdog of this process; its heartbeat file is written by the main process only."""
+    from entrypoint.ledger import STALLED
+    from entrypoint.naming import REPORT_DIR_NAME
+    from entrypoint.train.watchdog import HEARTBEAT_FILE, Stall, Watchdog
+
+    options = handoff.training
+    main_process = os.environ.get("RANK", "0") == "0"
+
+    def on_stall(stall: Stall) -> None:
+        if main_process:
+            record_end(handoff, EXIT_STALLED, STALLED, f"{stall.reason} in phase {stall.phase}")
+
+    return Watchdog(
+        timeout_s=options.stall_timeout_s,
+        min_s=options.stall_min_s,
+        on_stall=on_stall,
+        heartbeat_path=handoff.output_dir / REPORT_DIR_NAME / HEARTBEAT_FILE if main_process else None,
+        max_updates=options.max_updates,
+    )
+
+
+def record_end(handoff: Handoff, exit_code: int, outcome: str, detail: str = "") -> None:
+    """The end of this start in the run ledger; a ledger that cannot be written costs only the record."""
+    from entrypoint.ledger import record_end as write_end
+
+    trainer = _RUNNING.get("trainer")
+    saved = trainer.checkpoints.last_saved_update if trainer is not None else None
+    try:
+        if not write_end(
+            _ledger(handoff), exit_code=exit_code, outcome=outcome, detail=detail, last_saved_update=saved
+        ):
+            # Started by a launcher (accelerate) that the preflight exec'd: the start is the parent's.
+            write_end(
+                _ledger(handoff),
+                exit_code=exit_code,
+                outcome=outcome,
+                detail=detail,
+                last_saved_update=saved,
+                pid=os.getppid(),
+            )
+    except OSError as error:
+        print(f"WARNING: the run ledger could not be written: {error.strerror or error}", flush=True)
+
+
+_RUNNING: dict[str, Any] = {}  # the trainer once built: its newest durable save goes into the ledger
 
 
 def run(handoff: Handoff) -> int:
@@ -126,6 +184,7 @@ def run(handoff: Handoff) -> int:
             f"wandb could not start ({type(error).__name__}: {str(error).splitlines()[0][:200]})",
             "check WANDB_API_KEY and the network, or set LOGGER=tensorboard",
         ) from None
+    _RUNNING["trainer"] = trainer
     dataset = load_train_dataset(handoff.dataset_dir, dict(MEL_SPEC_KWARGS))
     print(
         f"Training {handoff.training.model_preset} on {len(dataset)} clips from {handoff.dataset_dir}: "
@@ -155,8 +214,22 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     if environ.get(TEE_MARKER) != "1":  # started by `preflight run`, the output is logged already
         tee_output(handoff.log_dir, Redactor(secret_values(environ)))
     _offline_environment()
+    from entrypoint import ledger
+
+    main_process = environ.get("RANK", "0") == "0"
     try:
-        return run(handoff)
+        code = run(handoff)
     except PreflightError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
+        if main_process:
+            record_end(handoff, error.exit_code, ledger.CRASHED, str(error))
         return error.exit_code
+    except Exception as error:
+        if main_process:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            record_end(handoff, 1, ledger.CRASHED, f"{type(error).__name__}: {first}"[:300])
+        raise
+    if main_process:
+        outcome = {EXIT_NON_FINITE: ledger.NON_FINITE, EXIT_LAST_NOT_SAVED: ledger.NOT_SAVED}
+        record_end(handoff, code, outcome.get(code, ledger.FINISHED if code == 0 else ledger.CRASHED))
+    return code

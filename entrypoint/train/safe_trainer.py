@@ -5,7 +5,10 @@
 - `load_checkpoint` loads exactly the file the preflight chose, by F5-TTS's rules (a training checkpoint
   resumes at its `update`, EMA-only weights start at update 0);
 - the data loader handed to F5-TTS's loop is wrapped so that between two updates the loop can stop cleanly
-  (SIGTERM/SIGINT, MAX_UPDATES) and the final model_last.pt is saved.
+  (SIGTERM/SIGINT, MAX_UPDATES) and the final model_last.pt is saved;
+- each update beats the stall watchdog (entrypoint.train.watchdog) and reports its loss and gradient norm to
+  the non-finite guard (entrypoint.train.finite_guard): weights that are NaN/Inf are never saved, and a run
+  of non-finite updates stops training (exit 6) with the last good model_last.pt left as it was.
 
 Imports torch and F5-TTS: the driver imports this module only when it builds the trainer.
 """
@@ -22,11 +25,12 @@ from typing import Any
 import torch
 from f5_tts.model import Trainer
 
-from entrypoint.errors import EXIT_OK, PreflightError
+from entrypoint.errors import EXIT_LAST_NOT_SAVED, EXIT_NON_FINITE, EXIT_OK, PreflightError
 from entrypoint.train.backups import BackupPolicy
 from entrypoint.train.checkpoint_manager import CheckpointManager
-from entrypoint.train.driver import EXIT_LAST_NOT_SAVED
+from entrypoint.train.finite_guard import FiniteGuard, NonFiniteStop, fix_line, state_is_finite
 from entrypoint.train.graceful import StopRequest
+from entrypoint.train.watchdog import Watchdog
 
 _F5_LOGGER_LINE = "Using logger:"  # F5-TTS names only its own logger; ours is reported instead
 
@@ -75,6 +79,7 @@ class StoppableLoader:
                 yield batch
                 if self._trainer.accelerator.sync_gradients:
                     self._trainer.update_count += 1
+                    self._trainer.after_update(batch)
                 self._trainer.check_stop()
                 if limit is not None and count >= limit:
                     cut_short = True  # leave before fetching a batch the other ranks do not have
@@ -121,6 +126,9 @@ class SafeTrainer(Trainer):
         max_updates: int,
         backups: BackupPolicy | None,
         tensorboard_dir: Path | None,
+        watchdog: Watchdog | None = None,
+        finite_guard: FiniteGuard | None = None,
+        dataloader_timeout_s: float = 0,
         **trainer_kwargs: Any,
     ) -> None:
         if trainer_kwargs.get("logger") == "wandb":
@@ -144,6 +152,11 @@ class SafeTrainer(Trainer):
         self.start_update = 0
         self.update_count = 0
         self.exit_code = EXIT_OK
+        self.watchdog = watchdog
+        self.finite_guard = finite_guard or FiniteGuard(limit=0)
+        self.non_finite: NonFiniteStop | None = None
+        self.weights_non_finite = False
+        self.dataloader_timeout_s = dataloader_timeout_s
         if self.is_main:
             self._start_metrics(tensorboard_dir)
         self._wrap_accelerator()
@@ -174,6 +187,10 @@ class SafeTrainer(Trainer):
         prepare, skip_first_batches = accelerator.prepare, accelerator.skip_first_batches
 
         def prepare_wrapped(*args: Any, **kwargs: Any) -> Any:
+            for value in args:
+                if _is_data_loader(value) and value.num_workers > 0 and self.dataloader_timeout_s > 0:
+                    # A worker blocked in a read becomes an error after this long, not a silent hang.
+                    value.timeout = self.dataloader_timeout_s
             result = prepare(*args, **kwargs)
             if isinstance(result, tuple):
                 return tuple(StoppableLoader(r, self) if _is_data_loader(r) else r for r in result)
@@ -185,13 +202,43 @@ class SafeTrainer(Trainer):
 
         accelerator.prepare = prepare_wrapped
         accelerator.skip_first_batches = skip_wrapped
+        backward, clip_grad_norm = accelerator.backward, accelerator.clip_grad_norm_
+        guard = self.finite_guard
+
+        def backward_observed(loss: Any, **kwargs: Any) -> Any:
+            guard.observe_loss(loss)
+            return backward(loss, **kwargs)
+
+        def clip_observed(*args: Any, **kwargs: Any) -> Any:
+            norm = clip_grad_norm(*args, **kwargs)
+            if norm is not None:
+                guard.observe_grad_norm(norm)
+            return norm
+
+        accelerator.backward = backward_observed
+        accelerator.clip_grad_norm_ = clip_observed
+
+    def after_update(self, batch: Any) -> None:
+        """Once per completed update (before check_stop): the heartbeat and the non-finite guard."""
+        if self.watchdog is not None:
+            self.watchdog.beat(self.update_count)
+        stop = self.finite_guard.end_update(self.update_count, batch)
+        if stop is not None:
+            self.non_finite = stop
 
     def stop_reason(self) -> str:
         wanted = 1.0 if self.stop.requested else 0.0
         if self.accelerator.num_processes > 1:
             # Every process must leave at the same update, or the next collective call hangs.
-            flag = torch.tensor([wanted], device=self.accelerator.device)
-            wanted = float(self.accelerator.reduce(flag, reduction="max").item())
+            diverged = 1.0 if self.non_finite is not None else 0.0
+            flags = torch.tensor([wanted, diverged], device=self.accelerator.device)
+            wanted, diverged = (float(v) for v in self.accelerator.reduce(flags, reduction="max").tolist())
+            if diverged and self.non_finite is None:
+                self.non_finite = NonFiniteStop(
+                    self.update_count, self.update_count, 0, "loss or gradient norm (on another process)", ()
+                )
+        if self.non_finite is not None:
+            raise self.non_finite
         if wanted:
             return self.stop.signal_name or "a stop signal (on another process)"
         if self.max_updates and self.update_count >= self.max_updates:
@@ -215,29 +262,81 @@ class SafeTrainer(Trainer):
         return int(self.accelerator.reduce(count, reduction="min").item())
 
     def train(self, train_dataset: Any, num_workers: int = 1, resumable_with_seed: int | None = None) -> int:
-        """Train; returns the exit code: 0, or EXIT_LAST_NOT_SAVED when the final save failed."""
+        """Train; returns the exit code: 0, EXIT_LAST_NOT_SAVED when the final save failed, EXIT_NON_FINITE
+        when the loss diverged (nothing saved then)."""
+        if self.watchdog is not None:
+            self.watchdog.start()
         try:
             super().train(train_dataset, num_workers=num_workers, resumable_with_seed=resumable_with_seed)
             update = self.update_count
             # F5-TTS's loop ended with its own last save; a failed commit of it gets one retry.
             if update != self.start_update and not self.save_last_and_wait(update):
-                self.exit_code = EXIT_LAST_NOT_SAVED
+                self.exit_code = self._not_saved_code()
             print(f"Finished {self.epochs} epochs at update {update}", flush=True)
             self.close_writer()
         except TrainingStopped as stopped:
             self.finish_stopped(stopped)
+        except NonFiniteStop as stop:
+            self.finish_non_finite(stop)
+        except RuntimeError as error:
+            if self.watchdog is None or not _is_dataloader_timeout(error):
+                raise
+            self.watchdog.stalled(f"a DataLoader worker delivered no batch ({str(error).splitlines()[0]})")
+            raise
         finally:
-            self.checkpoints.close()  # every pending commit reaches the disk before the process ends
+            with self._paused("save"):
+                self.checkpoints.close()  # every pending commit reaches the disk before the process ends
+            if self.watchdog is not None:
+                self.watchdog.stop()
         return self.exit_code
+
+    def _paused(self, phase: str) -> Any:
+        return self.watchdog.paused(phase) if self.watchdog is not None else contextlib.nullcontext()
+
+    def finish_non_finite(self, stop: NonFiniteStop) -> None:
+        print(file=sys.stderr, flush=True)  # end the progress bar's line
+        saved = self.checkpoints.last_saved_update
+        kept = (
+            f"update {saved}" if saved is not None else f"the loaded checkpoint (update {self.start_update})"
+        )
+        print(
+            f"error: {stop}; stopped without saving that state, the newest save is {kept} -- "
+            f"{fix_line(stop, self.accelerator.mixed_precision, self.optimizer.defaults.get('lr', 0.0))}",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.exit_code = EXIT_NON_FINITE
+        self.close_writer()
+        self.accelerator.end_training()
+
+    def _not_saved_code(self) -> int:
+        return EXIT_NON_FINITE if self.weights_non_finite else EXIT_LAST_NOT_SAVED
+
+    def state_may_be_saved(self, update: int) -> bool:
+        """False (and one line) when the weights are NaN/Inf, or while the loss or gradient norm is: such a
+        state never replaces a save."""
+        tensors = [*self.model.parameters(), *self.ema_model.parameters()]
+        self.weights_non_finite = not state_is_finite(tensors)
+        if self.weights_non_finite:
+            why = "the weights are NaN/Inf"
+        elif self.finite_guard.in_bad_streak:
+            why = "the loss or gradient norm of the latest update is NaN/Inf"
+        else:
+            return True
+        print(f"Not saving at update {update}: {why} (the last good save stays as it is)", flush=True)
+        return False
 
     def save_last_and_wait(self, update: int, stop_reason: str = "") -> bool:
         """model_last.pt at `update`, durable (see CheckpointManager.ensure_last); every process calls it."""
         self.accelerator.wait_for_everyone()
         if not self.is_main:
             return True
-        if stop_reason:
-            return self.checkpoints.save_on_stop(update, self.checkpoint_dict, stop_reason)
-        return self.checkpoints.ensure_last(update, self.checkpoint_dict)
+        if not self.state_may_be_saved(update):
+            return False
+        with self._paused("save"):
+            if stop_reason:
+                return self.checkpoints.save_on_stop(update, self.checkpoint_dict, stop_reason)
+            return self.checkpoints.ensure_last(update, self.checkpoint_dict)
 
     def finish_stopped(self, stopped: TrainingStopped) -> None:
         update, reason = stopped.update, stopped.reason
@@ -246,7 +345,7 @@ class SafeTrainer(Trainer):
             print(f"Stopped by {reason} at update {update}: nothing trained since the loaded checkpoint")
         else:
             if not self.save_last_and_wait(update, stop_reason=reason):
-                self.exit_code = EXIT_LAST_NOT_SAVED
+                self.exit_code = self._not_saved_code()
             print(f"Stopped by {reason} at update {update}", flush=True)
         for name in self.stop.repeated():
             print(f"{name} received again while stopping: ignored, the final save was not interrupted")
@@ -270,16 +369,18 @@ class SafeTrainer(Trainer):
 
     def save_checkpoint(self, update: int, last: bool = False) -> None:
         self.accelerator.wait_for_everyone()
-        if not self.is_main:
+        if not self.is_main or not self.state_may_be_saved(update):
             return
-        if last:
-            self.checkpoints.save_last(update, self.checkpoint_dict)
-        else:
-            self.checkpoints.save_numbered(update, self.checkpoint_dict)
+        with self._paused("save"):
+            if last:
+                self.checkpoints.save_last(update, self.checkpoint_dict)
+            else:
+                self.checkpoints.save_numbered(update, self.checkpoint_dict)
 
     # --- loading exactly the checkpoint the preflight chose ---------------------------------------------
     def load_checkpoint(self) -> int:
-        update = self._load_chosen_checkpoint()
+        with self._paused("load"):
+            update = self._load_chosen_checkpoint()
         self.start_update = self.update_count = update
         return update
 
@@ -346,6 +447,10 @@ class SafeTrainer(Trainer):
         }
         self.accelerator.unwrap_model(self.model).load_state_dict(weights)
         return 0
+
+
+def _is_dataloader_timeout(error: RuntimeError) -> bool:
+    return "DataLoader timed out" in str(error)
 
 
 def _is_data_loader(value: Any) -> bool:

@@ -34,6 +34,9 @@ class _RankTrainer:
         self.accelerator = _Accelerator()
         self.update_count = 0
 
+    def after_update(self, batch: Any) -> None:
+        """SafeTrainer's heartbeat and non-finite guard: nothing to do for these integer batches."""
+
     def check_stop(self) -> None:
         dist.all_reduce(torch.zeros(1), op=dist.ReduceOp.MAX)  # the per-batch stop agreement
 

@@ -37,7 +37,7 @@ def test_a_handoff_that_is_not_the_document_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "handoff.json"
-    path.write_text('{"schema": 1, "checkpoint": null}', encoding="utf-8")
+    path.write_text('{"schema": 2, "checkpoint": null}', encoding="utf-8")
     assert main({HANDOFF_VARIABLE: str(path)}) == EXIT_CONFIG
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is missing" in err

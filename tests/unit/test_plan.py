@@ -97,7 +97,12 @@ def test_the_lock_comes_first_and_missing_folders_are_created_by_run() -> None:
     quarantine = Action(act.QUARANTINE, loaded.settings.output_dir / "model_last.pt", None, "truncated")
     plan = plan_preflight(loaded, _facts(loaded), _checkpoint(loaded, quarantine), {})
     kinds = [(a.kind, a.path.name) for a in plan.actions]
-    assert kinds == [("lock", "output"), ("create-folder", "logs"), ("quarantine", "model_last.pt")]
+    assert kinds == [
+        ("lock", "output"),
+        ("create-folder", "logs"),
+        ("quarantine", "model_last.pt"),
+        ("record-start", "runs.json"),  # the run ledger's record of this start comes last
+    ]
     writable_log = next(c for c in plan.checks if c.name == "writable-log")
     assert writable_log.status == OK and "creates it" in writable_log.message
 
@@ -130,3 +135,69 @@ def test_stock_mode_counts_its_sixteen_workers_in_the_shm_and_cpu_checks() -> No
     shm = next(c for c in plan.checks if c.name == "shm")
     assert cpu.status == "warn" and "always starts 16 workers" in cpu.message
     assert shm.status == "warn" and "16 DataLoader worker(s)" in shm.message
+
+
+def _failed_run(resumed_from: int, exit_code: int | None = 1):
+    from entrypoint.ledger import RunRecord
+
+    ended = None if exit_code is None else 2.0
+    return RunRecord(1.0, 7, resumed_from, 0, ended, exit_code, "crash" if exit_code else "", "boom", None)
+
+
+def test_a_crash_loop_in_the_ledger_fails_run_with_the_update_and_log_lines_and_records_no_start() -> None:
+    loaded = _loaded(crash_loop_limit="2")
+    runs = (_failed_run(500), _failed_run(500, exit_code=None))
+    facts = _facts(loaded, runs=runs, failed_runs_log=("RuntimeError: Failed to decode bad.wav",))
+    plan = plan_preflight(loaded, facts, _checkpoint(loaded), {})
+    [loop] = [check for check in plan.checks if check.name == "crash-loop"]
+    assert loop.status == FAIL and plan.handoff is None and plan.actions == ()
+    assert "resumed from update 500" in loop.message and "bad.wav" in loop.message
+    assert "--force" in loop.fix
+    forced = plan_preflight(loaded, facts, _checkpoint(loaded), {}, force=True)
+    assert forced.handoff is not None and forced.actions[-1].kind == act.RECORD_START
+    assert forced.actions[-1].details["resumed_from"] == 1200
+
+
+def test_device_nodes_without_an_answering_gpu_after_a_failed_run_need_the_host() -> None:
+    # A GPU cannot exist here: its facts are written out, as the probe would report a lost one.
+    loaded = _loaded()
+    lost = GpuFacts((), None, None, "none", "nvidia-smi did not answer within 10 s", ("nvidia0", "nvidiactl"))
+    plan = plan_preflight(
+        loaded, _facts(loaded, gpu=lost, runs=(_failed_run(10, 7),)), _checkpoint(loaded), {}
+    )
+    [gone] = [check for check in plan.checks if check.name == "gpu-answers"]
+    assert gone.status == FAIL and "reset the VM or the host" in gone.fix
+    after_clean_end = _facts(loaded, gpu=lost, runs=(_failed_run(10, 0),))
+    assert all(
+        c.name != "gpu-answers"
+        for c in plan_preflight(loaded, after_clean_end, _checkpoint(loaded), {}).checks
+    )
+    no_gpu_machine = _facts(loaded, runs=(_failed_run(10, 7),))  # no device nodes: a CPU machine
+    assert all(
+        c.name != "gpu-answers"
+        for c in plan_preflight(loaded, no_gpu_machine, _checkpoint(loaded), {}).checks
+    )
+
+
+def test_superseded_copies_are_found_on_disk_and_counted_by_the_disk_check(tmp_path: Path) -> None:
+    from entrypoint.facts import _superseded_copies
+
+    output = tmp_path / "output"
+    output.mkdir()
+    for name in ("model_last.pt.superseded", "model_last.pt.superseded.1", "model_last.pt.superseded.2"):
+        (output / name).write_bytes(b"x" * 1000)
+    (output / "model_last.pt.superseded.json").write_text("{}")  # its reason file is not a copy
+    (output / "model_last.pt").write_bytes(b"y")
+    loaded = load_settings({"OUTPUT_DIR": str(output), "DATASET_DIR": str(tmp_path / "dataset")})
+    copies = _superseded_copies(loaded.settings)
+    assert [Path(path).name for path, _ in copies] == [
+        "model_last.pt.superseded",
+        "model_last.pt.superseded.1",
+        "model_last.pt.superseded.2",
+    ]
+    plan = plan_preflight(loaded, _facts(loaded, superseded=copies), _checkpoint(loaded), {})
+    [check] = [c for c in plan.checks if c.name == "disk-superseded"]
+    assert (
+        check.status == "warn" and "3 older checkpoint copies" in check.message and "2.9 KiB" in check.message
+    )
+    assert all(path.exists() for path in output.iterdir())  # counted, never removed
