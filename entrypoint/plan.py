@@ -25,6 +25,7 @@ from entrypoint.checks.writable import check_writable
 from entrypoint.cpu_plan import CpuPlan, plan_cpu
 from entrypoint.facts import Facts
 from entrypoint.handoff import Handoff, TrainingOptions
+from entrypoint.machines import apply_machine_environment, machine_check
 from entrypoint.modes import SafeMode, mode_for
 from entrypoint.naming import REPORT_DIR_NAME
 from entrypoint.probes.cpu import CpuFacts
@@ -95,10 +96,13 @@ def plan_preflight(
     if layout_problem is not None:
         checks.append(layout_problem)
     checks.append(CheckResult("checkpoint", checkpoint.status, checkpoint.message, checkpoint.fix))
+    if settings.num_machines > 1:
+        checks.append(machine_check(settings))
 
     mixed_precision = settings.mixed_precision if facts.gpu.count else "no"
     report = settings.output_dir / REPORT_DIR_NAME / "report.json"
     env = trainer_environment(loaded, environ, mode.environment(settings, mixed_precision))
+    apply_machine_environment(env, settings)
     handoff = None
     actions: tuple[Action, ...] = ()
     if worst(check.status for check in checks) != FAIL:
@@ -118,6 +122,9 @@ def plan_preflight(
             report=report,
             training=TrainingOptions.from_settings(settings),
             preflight_version=__version__,
+            machine_rank=settings.machine_rank,
+            num_machines=settings.num_machines,
+            collective_timeout_s=settings.collective_timeout_s,
         )
         actions = (*_folder_actions(facts), *checkpoint.actions, *layout)
     return Plan(

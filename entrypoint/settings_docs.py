@@ -12,6 +12,7 @@ GROUP_TITLES = {
     "checkpoints": "Checkpoints: where to look, how hard to check",
     "model": "Model and vocabulary",
     "trainer": "Training",
+    "cluster": "Several machines (docs/proxmox.md)",
     "compose": "Compose (docker compose reads these from .env)",
 }
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from entrypoint.checkpoints.resolve import plan_checkpoint
 from entrypoint.checkpoints.validate import Expectation
 from entrypoint.facts import gather_facts
+from entrypoint.machines import follower_checkpoint_plan
 from entrypoint.modes import mode_for
 from entrypoint.plan import Plan, plan_preflight
 from entrypoint.redact import Redactor, secret_values
@@ -37,8 +38,11 @@ def make_plan(
     settings = loaded.settings
     facts = gather_facts(loaded, environ, command=command, wait=wait)
     start = time.perf_counter()
-    checkpoint = plan_checkpoint(
-        settings, mode_for(settings), expect=Expectation(settings.model_preset, facts.vocab_size)
-    )
+    if settings.machine_rank > 0:
+        checkpoint = follower_checkpoint_plan(settings)  # machine 0 alone decides, and sends the state
+    else:
+        checkpoint = plan_checkpoint(
+            settings, mode_for(settings), expect=Expectation(settings.model_preset, facts.vocab_size)
+        )
     facts.cost_ms["checkpoint"] = (time.perf_counter() - start) * 1000
     return plan_preflight(loaded, facts, checkpoint, environ)

@@ -15,6 +15,7 @@ from entrypoint import actions as act
 from entrypoint.actions import ActionResult, Performed, perform
 from entrypoint.checkpoints.resolve import failed_after_actions, settle
 from entrypoint.checks.result import FAIL, CheckResult
+from entrypoint.cluster import meet_before_training
 from entrypoint.commands.common import add_env_options, make_plan, redactor_for
 from entrypoint.errors import EXIT_CHECK_FAILED, EXIT_OK
 from entrypoint.handoff import handoff_path, write_handoff
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace, command: list[str] | None = None) -> int:
         print(text)
     if report["status"] == "fail" or plan.handoff is None:
         return EXIT_CHECK_FAILED
+    meet_before_training(settings, plan.handoff.processes, plan.handoff.mixed_precision, outcome)
     path = handoff_path(plan.report_dir)
     write_handoff(path, plan.handoff)
     env = {**plan.env, **plan.handoff.environment(path)}

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from entrypoint.errors import EXIT_CONFIG, ConfigError, PreflightError
+from entrypoint.errors import EXIT_CONFIG, CheckFailed, ConfigError, PreflightError
 from entrypoint.handoff import Handoff, read_handoff
 from entrypoint.vocab import read_vocabulary
 
@@ -80,6 +80,7 @@ def build_trainer(handoff: Handoff, model: Any, stop: Any) -> Any:
         max_updates=options.max_updates,
         backups=backups,
         tensorboard_dir=handoff.log_dir / TENSORBOARD_SUBDIR if options.logger == "tensorboard" else None,
+        machines=handoff.num_machines,
         epochs=options.epochs,
         learning_rate=options.learning_rate,
         num_warmup_updates=options.warmup_updates,
@@ -115,6 +116,10 @@ def run(handoff: Handoff) -> int:
     from entrypoint.train.data import load_train_dataset
 
     handoff.output_dir.mkdir(parents=True, exist_ok=True)
+    if handoff.num_machines > 1:
+        from entrypoint.train.distributed import start_process_group
+
+        start_process_group(handoff.collective_timeout_s)
     model = build_model(handoff)
     try:
         trainer = build_trainer(handoff, model, stop)
@@ -133,7 +138,19 @@ def run(handoff: Handoff) -> int:
         f"mixed precision {handoff.mixed_precision}, checkpoints in {handoff.output_dir}",
         flush=True,
     )
-    return trainer.train(dataset, num_workers=handoff.workers, resumable_with_seed=handoff.training.seed)
+    try:
+        return trainer.train(dataset, num_workers=handoff.workers, resumable_with_seed=handoff.training.seed)
+    except Exception as error:
+        from entrypoint.train.distributed import is_peer_failure
+
+        if handoff.num_machines == 1 or not is_peer_failure(error):
+            raise
+        raise CheckFailed(
+            f"lost another machine of the {handoff.num_machines} (machine {handoff.machine_rank} here): "
+            f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__}",
+            "every machine stops; restart them all (the restart policy does) and they resume from machine "
+            "0's newest valid checkpoint",
+        ) from None
 
 
 def _offline_environment() -> None:
