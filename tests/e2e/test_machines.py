@@ -3,10 +3,7 @@ preset together over Gloo with Accelerate's multi-machine launch (static rendezv
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -17,19 +14,16 @@ import pytest
 from entrypoint.run_lock import LOCK_NAME
 from tests.trainer_data import (
     RESUMED,
-    STOPPED,
     fingerprint,
     load_checkpoint,
     run_training,
     tiny_settings,
     training_command,
-    wait_for_line,
     write_settings,
 )
 
 pytest.importorskip("f5_tts")
 pytestmark = [pytest.mark.slow, pytest.mark.trainer]
-SCRATCH = re.compile(r"Starting from scratch")
 
 
 def _free_port() -> int:
@@ -145,48 +139,3 @@ def test_an_unreachable_machine_0_is_one_line_with_its_address(dataset: Path, tm
     assert f"127.0.0.1:{port + 1} could not be reached within 2 s" in text
     assert "firewall" in text and "Traceback" not in text
     assert time.monotonic() - started < 30
-
-
-def test_sigterm_on_machine_1_saves_on_machine_0_and_a_dead_machine_stops_the_other(
-    dataset: Path, tmp_path: Path
-) -> None:
-    port = _free_port()
-    many = dict(max_updates=100000, last_every_updates=100000, epochs=100000)
-    values0, env0 = _node(tmp_path / "node0", dataset, 0, port, **many)
-    values1, env1 = _node(tmp_path / "node1", dataset, 1, port, **many)
-    node0 = _start(env0, tmp_path / "node0.err")
-    node1 = _start(env1, tmp_path / "node1.err")
-    seen0: list[str] = []
-    seen1: list[str] = []
-    wait_for_line(node0, SCRATCH, seen0)
-    wait_for_line(node1, SCRATCH, seen1)
-    time.sleep(3)  # a few updates: the stop must come in the middle of training, not before it
-    node1.send_signal(signal.SIGTERM)
-    code0, out0 = _finish(node0)
-    code1, out1 = _finish(node1)
-    out0 = "".join(seen0) + out0
-    assert code0 == 0, out0[-3000:] + (tmp_path / "node0.err").read_text()[-3000:]
-    stopped = STOPPED.search(out0)
-    assert stopped, out0[-3000:]
-    update = int(stopped.group(2))
-    assert load_checkpoint(Path(values0["OUTPUT_DIR"]) / "model_last.pt")["update"] == update
-    assert not (Path(values1["OUTPUT_DIR"]) / "model_last.pt").exists()
-
-    # Started again, machine 1 is killed mid-run: machine 0 stops within the collective timeout.
-    port = _free_port()
-    values0, env0 = _node(tmp_path / "node0", dataset, 0, port, **many)
-    values1, env1 = _node(tmp_path / "node1", dataset, 1, port, **many)
-    node0 = _start(env0, tmp_path / "node0b.err")
-    node1 = _start(env1, tmp_path / "node1b.err")
-    seen0 = []
-    resumed = wait_for_line(node0, RESUMED, seen0)
-    assert int(resumed.group(2)) == update
-    time.sleep(2)
-    killed = time.monotonic()
-    os.killpg(node1.pid, signal.SIGKILL)  # the launcher and its trainer process: the machine is gone
-    code0, out0 = _finish(node0, 120)
-    node1.wait()
-    text = "".join(seen0) + out0 + (tmp_path / "node0b.err").read_text()
-    assert code0 != 0, text[-3000:]
-    assert time.monotonic() - killed < 30 + 30, text[-3000:]
-    assert "lost another machine of the 2" in text, text[-3000:]
