@@ -30,9 +30,12 @@ _PEER_FAILURE_WORDS = (
 def start_process_group(timeout_s: float) -> None:
     """Create the process group (through Accelerate's shared state, which F5-TTS's Accelerator then reuses)
     with COLLECTIVE_TIMEOUT_S instead of torch's default of 30 minutes."""
+    import torch
     from accelerate import PartialState
 
-    PartialState(timeout=timedelta(seconds=timeout_s))
+    # Without cpu=True, Accelerate on a machine without a GPU ignores the launcher's WORLD_SIZE and trains
+    # each process alone (DistributedType.NO): the machines would never exchange a gradient.
+    PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=timeout_s))
 
 
 def shared_checkpoint(

@@ -26,7 +26,7 @@ from entrypoint.errors import EXIT_OK, PreflightError
 from entrypoint.train.backups import BackupPolicy
 from entrypoint.train.checkpoint_manager import CheckpointManager
 from entrypoint.train.driver import EXIT_LAST_NOT_SAVED
-from entrypoint.train.graceful import StopRequest
+from entrypoint.train.graceful import StopRequest, shield_workers
 
 _F5_LOGGER_LINE = "Using logger:"  # F5-TTS names only its own logger; ours is reported instead
 
@@ -177,6 +177,9 @@ class SafeTrainer(Trainer):
 
         def prepare_wrapped(*args: Any, **kwargs: Any) -> Any:
             result = prepare(*args, **kwargs)
+            for loader in result if isinstance(result, tuple) else (result,):
+                if _is_data_loader(loader):
+                    shield_workers(loader)
             if isinstance(result, tuple):
                 return tuple(StoppableLoader(r, self) if _is_data_loader(r) else r for r in result)
             return StoppableLoader(result, self) if _is_data_loader(result) else result

@@ -3,7 +3,10 @@ preset together over Gloo with Accelerate's multi-machine launch (static rendezv
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -14,16 +17,19 @@ import pytest
 from entrypoint.run_lock import LOCK_NAME
 from tests.trainer_data import (
     RESUMED,
+    SAVED_LAST,
     fingerprint,
     load_checkpoint,
     run_training,
     tiny_settings,
     training_command,
+    wait_for_line,
     write_settings,
 )
 
 pytest.importorskip("f5_tts")
 pytestmark = [pytest.mark.slow, pytest.mark.trainer]
+STOPPED_BY_ANOTHER = re.compile(r"Stopped by a stop signal \(on another process\) at update (\d+)")
 
 
 def _free_port() -> int:
@@ -139,3 +145,46 @@ def test_an_unreachable_machine_0_is_one_line_with_its_address(dataset: Path, tm
     assert f"127.0.0.1:{port + 1} could not be reached within 2 s" in text
     assert "firewall" in text and "Traceback" not in text
     assert time.monotonic() - started < 30
+
+
+def test_sigterm_on_machine_1_saves_on_machine_0_and_a_dead_machine_stops_the_other(
+    dataset: Path, tmp_path: Path
+) -> None:
+    many = {"max_updates": 100000, "last_every_updates": 2, "epochs": 100000}
+    port = _free_port()
+    values0, env0 = _node(tmp_path / "node0", dataset, 0, port, **many)
+    values1, env1 = _node(tmp_path / "node1", dataset, 1, port, **many)
+    node0 = _start(env0, tmp_path / "node0.err")
+    node1 = _start(env1, tmp_path / "node1.err")
+    seen0: list[str] = []
+    wait_for_line(node0, SAVED_LAST, seen0)  # training is under way on both machines
+    node1.send_signal(signal.SIGTERM)  # what `docker stop` does to machine 1's container
+    stopped = wait_for_line(node0, STOPPED_BY_ANOTHER, seen0)
+    update = int(stopped.group(1))
+    assert load_checkpoint(Path(values0["OUTPUT_DIR"]) / "model_last.pt")["update"] == update
+    assert node1.wait(60) != 0  # torchrun's agent re-raises the signal it stopped for
+    assert not (Path(values1["OUTPUT_DIR"]) / "model_last.pt").exists()
+    # Machine 0's trainer has ended with its save; its launcher now waits up to 300 s in torchrun's exit
+    # barrier for machine 1's launcher, which left on the signal (docs/proxmox.md). Not waited for here.
+    os.killpg(node0.pid, signal.SIGKILL)
+    node0.wait(60)
+
+    # Both started again: they resume from machine 0's save; then machine 1 dies (its launcher and trainer
+    # killed), and machine 0 stops with one line instead of waiting.
+    port = _free_port()
+    _, env0 = _node(tmp_path / "node0", dataset, 0, port, **many)
+    _, env1 = _node(tmp_path / "node1", dataset, 1, port, **many)
+    node0 = _start(env0, tmp_path / "node0b.err")
+    node1 = _start(env1, tmp_path / "node1b.err")
+    seen0 = []
+    resumed = wait_for_line(node0, RESUMED, seen0)
+    assert int(resumed.group(2)) == update
+    wait_for_line(node0, SAVED_LAST, seen0)
+    killed = time.monotonic()
+    os.killpg(node1.pid, signal.SIGKILL)
+    code0, out0 = _finish(node0, 120)
+    node1.wait()
+    text = "".join(seen0) + out0 + (tmp_path / "node0b.err").read_text(errors="replace")
+    assert code0 != 0, text[-3000:]
+    assert time.monotonic() - killed < 30 + 15  # COLLECTIVE_TIMEOUT_S and the launcher's exit
+    assert "lost another machine of the 2 (machine 0 here)" in text, text[-3000:]
