@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from entrypoint.cluster import first_difference
 from entrypoint.errors import ConfigError
+from entrypoint.handoff import Handoff, TrainingOptions, parse_handoff
 from entrypoint.machines import apply_machine_environment, communication_seconds
 from entrypoint.modes import SafeMode
 from entrypoint.settings import load_settings
@@ -66,3 +70,50 @@ def test_the_first_difference_names_the_machine_and_both_values() -> None:
     assert first_difference(1, dict(ours), ours) is None
     line = first_difference(1, {"version of torch": "2.9.0", "MODEL_PRESET": "tiny"}, ours)
     assert line == "machine 1 differs from machine 0: version of torch is 2.9.0 there, 2.9.1 on machine 0"
+
+
+def _handoff(tmp_path: Path, **machines: Any) -> Handoff:
+    settings = load_settings({"OUTPUT_DIR": str(tmp_path / "out")}).settings
+    return Handoff(
+        checkpoint=None,
+        checkpoint_kind="scratch",
+        checkpoint_update=0,
+        workers=1,
+        torch_threads=1,
+        processes=1,
+        mixed_precision="no",
+        output_dir=settings.output_dir,
+        backup_dir=settings.backup_dir,
+        dataset_dir=settings.dataset_dir,
+        log_dir=settings.log_dir,
+        vocab_file=settings.vocab_path,
+        report=tmp_path / "report.json",
+        training=TrainingOptions.from_settings(settings),
+        preflight_version="test",
+        **machines,
+    )
+
+
+def test_the_handoff_carries_the_machine_rank_and_count(tmp_path: Path) -> None:
+    handoff = _handoff(tmp_path, machine_rank=1, num_machines=2, collective_timeout_s=30.0)
+    assert parse_handoff(handoff.to_json()) == handoff
+    older = handoff.to_json()
+    for key in ("machine_rank", "num_machines", "collective_timeout_s"):
+        del older[key]
+    assert parse_handoff(older).num_machines == 1  # a document from before several machines: one machine
+    wrong = {**handoff.to_json(), "machine_rank": 2}
+    with pytest.raises(ConfigError, match="machine_rank must be below num_machines"):
+        parse_handoff(wrong)
+
+
+def test_a_machine_other_than_0_plans_no_checkpoint_action(tmp_path: Path) -> None:
+    from entrypoint.commands.common import make_plan
+
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "model_last.pt").write_bytes(b"damaged")  # machine 0 would quarantine this
+    values = {**TWO, "OUTPUT_DIR": str(output), "DATASET_DIR": str(tmp_path), "ALLOW_SCRATCH": "false"}
+    plan = make_plan(load_settings(values), environ=values)
+    assert not [a for a in plan.actions if a.kind in ("quarantine", "move-aside")]
+    assert plan.checkpoint.message.startswith("chosen by machine 0")
+    assert plan.handoff is None or plan.handoff.machine_rank == 1
