@@ -96,6 +96,11 @@ class Handoff:
     report: Path
     training: TrainingOptions
     preflight_version: str
+    # Several machines: this machine's number and how many train together; machine 0 loads the checkpoint
+    # and sends the training state to every other process (older documents: one machine).
+    machine_rank: int = 0
+    num_machines: int = 1
+    collective_timeout_s: float = 1800.0
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -191,7 +196,21 @@ def parse_handoff(data: Any, path: Path | str = "handoff") -> Handoff:
         report=reader.path("report"),
         training=training,
         preflight_version=reader.value("preflight_version", str),
+        **_machines(reader, data),
     )
+
+
+def _machines(reader: _Reader, data: Mapping[str, Any]) -> dict[str, Any]:
+    if "num_machines" not in data:
+        return {}
+    machines = {
+        "machine_rank": reader.count("machine_rank", minimum=0),
+        "num_machines": reader.count("num_machines", minimum=1),
+        "collective_timeout_s": reader.value("collective_timeout_s", float),
+    }
+    if machines["machine_rank"] >= machines["num_machines"]:
+        raise ConfigError(f"{reader.where}: machine_rank must be below num_machines")
+    return machines
 
 
 _TYPES: dict[Any, type] = {"str": str, "int": int, "float": float, str: str, int: int, float: float}
@@ -210,6 +229,10 @@ class _Reader:
     def __init__(self, data: Mapping[str, Any], where: str) -> None:
         self._data = data
         self._where = where
+
+    @property
+    def where(self) -> str:
+        return self._where
 
     def value(self, key: str, kind: type) -> Any:
         if key not in self._data:

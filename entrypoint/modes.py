@@ -38,7 +38,7 @@ STOCK_MODULE = "f5_tts.train.finetune_cli"
 SAFE_MODULE = "entrypoint.train"
 
 
-def _launcher(processes: int, mixed_precision: str) -> list[str]:
+def _launcher(processes: int, mixed_precision: str, num_machines: int = 1) -> list[str]:
     """`accelerate launch` for several processes (one per GPU), from the same environment as Python."""
     accelerate = Path(sys.executable).with_name("accelerate")
     return [
@@ -47,11 +47,34 @@ def _launcher(processes: int, mixed_precision: str) -> list[str]:
         "--num_processes",
         str(processes),
         "--num_machines",
-        "1",
+        str(num_machines),
         "--mixed_precision",
         mixed_precision,
         "--dynamo_backend",
         "no",
+    ]
+
+
+def machines_launcher(settings: Settings, processes: int) -> list[str]:
+    """`accelerate launch` across NUM_MACHINES machines with `processes` on each: torchrun's static rendezvous
+    at MAIN_PROCESS_IP:MAIN_PROCESS_PORT, no restarts inside the container (its restart policy restarts the
+    whole node, preflight included). --multi_gpu is Accelerate's name for "several processes": on machines
+    without a GPU the processes train on the CPU over Gloo."""
+    launcher = _launcher(processes * settings.num_machines, settings.mixed_precision, settings.num_machines)
+    return [
+        *launcher[:2],
+        "--multi_gpu",
+        *launcher[2:],
+        "--machine_rank",
+        str(settings.machine_rank),
+        "--main_process_ip",
+        settings.main_process_ip,
+        "--main_process_port",
+        str(settings.main_process_port),
+        "--rdzv_backend",
+        "static",
+        "--max_restarts",
+        "0",
     ]
 
 
@@ -68,6 +91,8 @@ class SafeMode:
     def argv(self, settings: Settings, processes: int) -> list[str]:
         if processes < 1:
             raise ConfigError(f"training needs at least one process, got {processes}")
+        if settings.num_machines > 1:
+            return [*machines_launcher(settings, processes), "-m", SAFE_MODULE]
         if processes > 1:
             return [*_launcher(processes, settings.mixed_precision), "-m", SAFE_MODULE]
         return [sys.executable, "-m", SAFE_MODULE]

@@ -27,6 +27,7 @@ from entrypoint.cpu_plan import CpuPlan, plan_cpu
 from entrypoint.facts import FOLDER_LABELS, Facts
 from entrypoint.handoff import Handoff, TrainingOptions
 from entrypoint.ledger import ledger_path
+from entrypoint.machines import apply_machine_environment, machine_check
 from entrypoint.modes import SafeMode, mode_for
 from entrypoint.naming import REPORT_DIR_NAME
 from entrypoint.probes.cpu import CpuFacts
@@ -113,10 +114,13 @@ def plan_preflight(
     checks.append(CheckResult("checkpoint", checkpoint.status, checkpoint.message, checkpoint.fix))
     if fingerprint is not None:
         checks.append(fingerprint)
+    if settings.num_machines > 1:
+        checks.append(machine_check(settings))
 
     mixed_precision = settings.mixed_precision if facts.gpu.count else "no"
     report = settings.output_dir / REPORT_DIR_NAME / "report.json"
     env = trainer_environment(loaded, environ, mode.environment(settings, mixed_precision))
+    apply_machine_environment(env, settings)
     handoff = None
     actions: tuple[Action, ...] = ()
     if worst(check.status for check in checks) != FAIL:
@@ -136,6 +140,9 @@ def plan_preflight(
             report=report,
             training=TrainingOptions.from_settings(settings),
             preflight_version=__version__,
+            machine_rank=settings.machine_rank,
+            num_machines=settings.num_machines,
+            collective_timeout_s=settings.collective_timeout_s,
         )
         actions = (
             *_folder_actions(facts),

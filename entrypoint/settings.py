@@ -394,6 +394,73 @@ class Settings:
         maximum=1000,
     )
 
+    # --- several machines (docs/proxmox.md) -------------------------------------------------------------
+    num_machines: int = _setting(
+        "int", "1", "Machines training together (1: this machine alone).", "cluster", minimum=1, maximum=1024
+    )
+    machine_rank: int = _setting(
+        "int",
+        "0",
+        "This machine's number, 0 to NUM_MACHINES-1; machine 0 chooses the checkpoint and saves.",
+        "cluster",
+        minimum=0,
+        maximum=1023,
+    )
+    main_process_ip: str = _setting(
+        "str",
+        "",
+        "Address of machine 0 that the others reach (needed when NUM_MACHINES > 1).",
+        "cluster",
+        pattern=r"[A-Za-z0-9][A-Za-z0-9.:-]*",
+        pattern_help="an IP address or host name",
+    )
+    main_process_port: int = _setting(
+        "int",
+        "29500",
+        "Port of machine 0 for the rendezvous; the preflights meet on the next port (+1).",
+        "cluster",
+        minimum=1,
+        maximum=65534,
+    )
+    nccl_socket_ifname: str = _setting(
+        "str",
+        "",
+        "Network interface NCCL uses between machines (NCCL's own variable, passed on as is).",
+        "cluster",
+        pattern=r"[\^=]?[A-Za-z0-9_.:-]+(,[A-Za-z0-9_.:-]+)*",
+        pattern_help="interface names such as eth1 or ^docker0,lo",
+    )
+    gloo_socket_ifname: str = _setting(
+        "str",
+        "",
+        "Network interface Gloo uses between machines (Gloo's own variable, passed on as is).",
+        "cluster",
+        pattern=r"[A-Za-z0-9_.:-]+(,[A-Za-z0-9_.:-]+)*",
+        pattern_help="interface names such as eth1",
+    )
+    nccl_infiniband: bool = _setting(
+        "bool",
+        "false",
+        "Let NCCL use InfiniBand/RoCE between machines (false: NCCL_IB_DISABLE=1, plain TCP).",
+        "cluster",
+    )
+    collective_timeout_s: float = _setting(
+        "float",
+        "300",
+        "How long a collective may wait for another machine before every machine stops.",
+        "cluster",
+        minimum=10,
+        maximum=86_400,
+    )
+    link_gbit_s: float = _setting(
+        "float",
+        "10",
+        "Link speed between machines in Gbit/s, for the preflight's estimate of time spent communicating.",
+        "cluster",
+        minimum=0.001,
+        maximum=10_000,
+    )
+
     # --- Compose (read by compose.yaml; validated here so a typo is caught) ------------------------------
     gpu_count: str = _setting(
         "str",
@@ -697,7 +764,30 @@ def _typo_warnings(
 
 
 def _consistency_warnings(settings: Settings) -> list[str]:
+    _check_cluster(settings)
     warnings = []
     if settings.gpu_device_ids and settings.gpu_count != "all":
         warnings.append("GPU_COUNT and GPU_DEVICE_IDS are both set: compose uses GPU_DEVICE_IDS only.")
     return warnings
+
+
+def _check_cluster(settings: Settings) -> None:
+    """Machine settings that cannot work together are a ConfigError (exit 2), found before anything runs."""
+    if settings.machine_rank >= settings.num_machines:
+        raise ConfigError(
+            f"MACHINE_RANK={settings.machine_rank} is not allowed with NUM_MACHINES={settings.num_machines}: "
+            f"expected 0 to {settings.num_machines - 1}."
+        )
+    if settings.num_machines == 1:
+        return
+    if not settings.main_process_ip:
+        raise ConfigError(
+            f"NUM_MACHINES={settings.num_machines} needs MAIN_PROCESS_IP: the address of machine 0.",
+            "set MAIN_PROCESS_IP to machine 0's address on the network between the machines",
+        )
+    if settings.trainer_mode != "safe":
+        raise ConfigError(
+            "TRAINER_MODE=stock cannot train on several machines: F5-TTS would load a checkpoint from each "
+            "machine's own disk.",
+            "use TRAINER_MODE=safe (machine 0 loads the checkpoint and sends it to the others)",
+        )

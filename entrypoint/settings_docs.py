@@ -13,6 +13,7 @@ GROUP_TITLES = {
     "model": "Model and vocabulary",
     "trainer": "Training",
     "guards": "Guards: stalls, crash loops, NaN losses",
+    "cluster": "Several machines (docs/proxmox.md)",
     "compose": "Compose (docker compose reads these from .env)",
 }
 

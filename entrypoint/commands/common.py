@@ -11,6 +11,7 @@ from entrypoint.checkpoints.resolve import plan_checkpoint
 from entrypoint.checkpoints.validate import Expectation
 from entrypoint.cpu_plan import plan_cpu
 from entrypoint.facts import gather_facts
+from entrypoint.machines import follower_checkpoint_plan
 from entrypoint.modes import mode_for
 from entrypoint.plan import Plan, plan_preflight
 from entrypoint.readiness import fingerprint_check
@@ -42,12 +43,15 @@ def make_plan(
     start = time.perf_counter()
     # The deep check may use every core the container has: nothing else runs yet.
     cores = plan_cpu(facts.cpu, override=settings.cpu_limit, reserve=0, requested_workers=1).usable
-    checkpoint = plan_checkpoint(
-        settings,
-        mode_for(settings),
-        expect=Expectation(settings.model_preset, facts.vocab_size),
-        threads=cores,
-    )
+    if settings.machine_rank > 0:
+        checkpoint = follower_checkpoint_plan(settings)  # machine 0 alone decides, and sends the state
+    else:
+        checkpoint = plan_checkpoint(
+            settings,
+            mode_for(settings),
+            expect=Expectation(settings.model_preset, facts.vocab_size),
+            threads=cores,
+        )
     facts.cost_ms["checkpoint"] = (time.perf_counter() - start) * 1000
     fingerprint = None
     if facts.readiness_data:

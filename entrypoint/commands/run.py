@@ -16,6 +16,7 @@ from entrypoint.actions import ActionResult, Performed, perform
 from entrypoint.checkpoints.resolve import failed_after_actions, settle
 from entrypoint.checks.guards import GPU_GONE
 from entrypoint.checks.result import FAIL, CheckResult
+from entrypoint.cluster import meet_before_training
 from entrypoint.commands.common import add_env_options, make_plan, redactor_for
 from entrypoint.errors import EXIT_CHECK_FAILED, EXIT_GPU_GONE, EXIT_OK
 from entrypoint.handoff import handoff_path, write_handoff
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace, command: list[str] | None = None) -> int:
     if report["status"] == "fail" or plan.handoff is None:
         gone = any(check.name == GPU_GONE and check.status == FAIL for check in plan.checks)
         return EXIT_GPU_GONE if gone else EXIT_CHECK_FAILED
+    meet_before_training(settings, plan.handoff.processes, plan.handoff.mixed_precision, outcome)
     path = handoff_path(plan.report_dir)
     write_handoff(path, plan.handoff)
     env = {**plan.env, **plan.handoff.environment(path)}

@@ -15,7 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from entrypoint.errors import EXIT_CONFIG, EXIT_NON_FINITE, EXIT_STALLED, ConfigError, PreflightError
+from entrypoint.errors import (
+    EXIT_CONFIG,
+    EXIT_NON_FINITE,
+    EXIT_STALLED,
+    CheckFailed,
+    ConfigError,
+    PreflightError,
+)
 from entrypoint.errors import EXIT_LAST_NOT_SAVED as EXIT_LAST_NOT_SAVED  # its old home; tests import it here
 from entrypoint.handoff import Handoff, read_handoff
 from entrypoint.vocab import read_vocabulary
@@ -83,6 +90,7 @@ def build_trainer(handoff: Handoff, model: Any, stop: Any) -> Any:
         watchdog=build_watchdog(handoff),
         finite_guard=FiniteGuard(options.non_finite_limit),
         dataloader_timeout_s=options.dataloader_timeout_s,
+        machines=handoff.num_machines,
         epochs=options.epochs,
         learning_rate=options.learning_rate,
         num_warmup_updates=options.warmup_updates,
@@ -173,6 +181,10 @@ def run(handoff: Handoff) -> int:
     from entrypoint.train.data import load_train_dataset
 
     handoff.output_dir.mkdir(parents=True, exist_ok=True)
+    if handoff.num_machines > 1:
+        from entrypoint.train.distributed import start_process_group
+
+        start_process_group(handoff.collective_timeout_s)
     model = build_model(handoff)
     try:
         trainer = build_trainer(handoff, model, stop)
@@ -192,7 +204,19 @@ def run(handoff: Handoff) -> int:
         f"mixed precision {handoff.mixed_precision}, checkpoints in {handoff.output_dir}",
         flush=True,
     )
-    return trainer.train(dataset, num_workers=handoff.workers, resumable_with_seed=handoff.training.seed)
+    try:
+        return trainer.train(dataset, num_workers=handoff.workers, resumable_with_seed=handoff.training.seed)
+    except Exception as error:
+        from entrypoint.train.distributed import is_peer_failure
+
+        if handoff.num_machines == 1 or not is_peer_failure(error):
+            raise
+        raise CheckFailed(
+            f"lost another machine of the {handoff.num_machines} (machine {handoff.machine_rank} here): "
+            f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__}",
+            "every machine stops; restart them all (the restart policy does) and they resume from machine "
+            "0's newest valid checkpoint",
+        ) from None
 
 
 def _offline_environment() -> None:

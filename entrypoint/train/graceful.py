@@ -14,9 +14,12 @@ runtime's stop grace period must exceed this; see docs/trainer.md for figures.
 
 from __future__ import annotations
 
+import functools
+import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import FrameType
+from typing import Any
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -57,3 +60,18 @@ def install_stop_handlers(signals: Iterable[signal.Signals] = STOP_SIGNALS) -> S
     for signum in signals:
         signal.signal(signum, stop._handle)
     return stop
+
+
+def _own_session(worker_init: Callable[[int], None] | None, worker_id: int) -> None:
+    os.setsid()
+    if worker_init is not None:
+        worker_init(worker_id)
+
+
+def shield_workers(loader: Any) -> None:
+    """DataLoader workers of `loader` start in a session of their own. A launcher that stops its trainer
+    signals the trainer's whole process group (torchrun: killpg), and torch's worker dies on a SIGTERM that
+    does not come from its parent: the trainer would lose its data loader in the middle of its final save.
+    The trainer's own signals to its workers (shutdown) still reach them, and they end with the trainer."""
+    if getattr(loader, "num_workers", 0) and not isinstance(loader.worker_init_fn, functools.partial):
+        loader.worker_init_fn = functools.partial(_own_session, loader.worker_init_fn)

@@ -29,7 +29,7 @@ from entrypoint.errors import EXIT_LAST_NOT_SAVED, EXIT_NON_FINITE, EXIT_OK, Pre
 from entrypoint.train.backups import BackupPolicy
 from entrypoint.train.checkpoint_manager import CheckpointManager
 from entrypoint.train.finite_guard import FiniteGuard, NonFiniteStop, fix_line, state_is_finite
-from entrypoint.train.graceful import StopRequest
+from entrypoint.train.graceful import StopRequest, shield_workers
 from entrypoint.train.watchdog import Watchdog
 
 _F5_LOGGER_LINE = "Using logger:"  # F5-TTS names only its own logger; ours is reported instead
@@ -129,8 +129,10 @@ class SafeTrainer(Trainer):
         watchdog: Watchdog | None = None,
         finite_guard: FiniteGuard | None = None,
         dataloader_timeout_s: float = 0,
+        machines: int = 1,
         **trainer_kwargs: Any,
     ) -> None:
+        self.machines = machines  # > 1: machine 0 reads the checkpoint and sends it to every process
         if trainer_kwargs.get("logger") == "wandb":
             super().__init__(model, **trainer_kwargs)  # its "Using logger: wandb" is true; wandb wraps stdout
         else:
@@ -192,6 +194,9 @@ class SafeTrainer(Trainer):
                     # A worker blocked in a read becomes an error after this long, not a silent hang.
                     value.timeout = self.dataloader_timeout_s
             result = prepare(*args, **kwargs)
+            for loader in result if isinstance(result, tuple) else (result,):
+                if _is_data_loader(loader):
+                    shield_workers(loader)
             if isinstance(result, tuple):
                 return tuple(StoppableLoader(r, self) if _is_data_loader(r) else r for r in result)
             return StoppableLoader(result, self) if _is_data_loader(result) else result
@@ -385,22 +390,17 @@ class SafeTrainer(Trainer):
         return update
 
     def _load_chosen_checkpoint(self) -> int:
-        path = self.checkpoint
-        if path is None:
+        if self.machines > 1:
+            from entrypoint.train.distributed import shared_checkpoint
+
+            # Machine 0's rank 0 reads the file; every other process receives the state it read.
+            path, checkpoint = shared_checkpoint(self.accelerator, self.checkpoint, self._read_checkpoint)
+        else:
+            path = self.checkpoint
+            checkpoint = None if path is None else self._read_checkpoint(path, wait=True)
+        if path is None or checkpoint is None:
             print("Starting from scratch (random weights) at update 0", flush=True)
             return 0
-        if not path.is_file():
-            raise PreflightError(
-                f"checkpoint {path} (chosen by the preflight) does not exist",
-                "start training with `preflight run`, which picks an existing valid checkpoint",
-            )
-        self.accelerator.wait_for_everyone()
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            checkpoint = {"ema_model_state_dict": load_file(str(path), device="cpu")}
-        else:
-            checkpoint = torch.load(str(path), weights_only=True, map_location="cpu")
         try:
             update = self._apply_checkpoint(checkpoint)
         except (RuntimeError, KeyError) as error:
@@ -420,6 +420,20 @@ class SafeTrainer(Trainer):
         else:
             print(f"Starting from the pretrained weights of {path} at update 0", flush=True)
         return update
+
+    def _read_checkpoint(self, path: Path, wait: bool = False) -> dict[str, Any]:
+        if not path.is_file():
+            raise PreflightError(
+                f"checkpoint {path} (chosen by the preflight) does not exist",
+                "start training with `preflight run`, which picks an existing valid checkpoint",
+            )
+        if wait:
+            self.accelerator.wait_for_everyone()
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return {"ema_model_state_dict": load_file(str(path), device="cpu")}
+        return dict(torch.load(str(path), weights_only=True, map_location="cpu"))
 
     def _apply_checkpoint(self, checkpoint: dict[str, Any]) -> int:
         # Mirrors F5-TTS's Trainer.load_checkpoint (1.1.22) after it has picked a file.

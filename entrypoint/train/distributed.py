@@ -1,0 +1,78 @@
+"""Several machines: one process group with a bounded timeout, and one checkpoint read for all of them.
+
+Only the process of global rank 0 (on machine 0) opens the checkpoint the preflight chose; it sends the whole
+training state (weights, EMA, optimizer, scheduler, update) to every other process over the process group, so
+the other machines need no copy and cannot load a different or missing file. A problem reading it reaches
+every process as the same error, instead of leaving the others waiting in the broadcast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from entrypoint.errors import CheckFailed, PreflightError
+
+# Words torch.distributed's Gloo and NCCL errors use when a peer has gone or a collective timed out.
+_PEER_FAILURE_WORDS = (
+    "connection closed by peer",
+    "connection reset by peer",
+    "timed out",
+    "timeout",
+    "broken pipe",
+    "nccl communicator was aborted",
+    "socket",
+)
+
+
+def start_process_group(timeout_s: float) -> None:
+    """Create the process group (through Accelerate's shared state, which F5-TTS's Accelerator then reuses)
+    with COLLECTIVE_TIMEOUT_S instead of torch's default of 30 minutes."""
+    import torch
+    from accelerate import PartialState
+
+    # Without cpu=True, Accelerate on a machine without a GPU ignores the launcher's WORLD_SIZE and trains
+    # each process alone (DistributedType.NO): the machines would never exchange a gradient.
+    PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=timeout_s))
+
+
+def shared_checkpoint(
+    accelerator: Any, path: Path | None, read: Callable[[Path], dict[str, Any]]
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """(path, state) on every process: global rank 0 reads `path` with `read`; the others receive it."""
+    import torch.distributed as dist
+
+    payload: list[Any] = [None]
+    if accelerator.is_main_process:
+        try:
+            payload = [
+                {"path": None if path is None else str(path), "state": None if path is None else read(path)}
+            ]
+        except PreflightError as error:
+            payload = [{"error": error.message, "fix": error.fix}]
+    dist.broadcast_object_list(payload, src=0)
+    received = payload[0]
+    if "error" in received:
+        raise CheckFailed(received["error"], received["fix"])
+    chosen = received["path"]
+    return (None if chosen is None else Path(chosen)), received["state"]
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """True for the errors a collective raises when another machine died or stopped answering."""
+    names = {type(error).__name__ for error in _chain(error)}
+    if names & {"DistBackendError", "DistNetworkError", "DistStoreError"}:
+        return True
+    text = " ".join(str(item).lower() for item in _chain(error))
+    return ("gloo" in text or "nccl" in text) and any(word in text for word in _PEER_FAILURE_WORDS)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
