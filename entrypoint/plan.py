@@ -71,7 +71,8 @@ def plan_preflight(
     *,
     force: bool = False,
 ) -> Plan:
-    """`fingerprint`: how the dataset and batch plan compare with the run that wrote the checkpoint."""
+    """`fingerprint`: how the dataset and batch plan compare with the run that wrote the checkpoint;
+    `force`: start once although the crash-loop breaker would refuse."""
     settings = loaded.settings
     mode = mode_for(settings)
     cpu = plan_cpu(
@@ -83,67 +84,22 @@ def plan_preflight(
         torch_threads=settings.torch_threads,
     )
     workers = mode.workers(cpu.workers)
-    checks = [_settings_check(loaded), *facts.waits, cpu_check(cpu, facts.cpu, mode)]
-    checks.append(
-        check_gpu(facts.gpu, require=settings.require_gpu, mixed_precision=settings.mixed_precision)
-    )
-    checks.append(
-        check_shm(
-            facts.shm, workers_total=workers * facts.processes, per_worker_mb=settings.shm_per_worker_mb
-        )
-    )
-    checks.append(check_ulimits(facts.limits, gpus=facts.gpu.count))
-    checks.append(check_init(facts.limits))
-    for variable, folder in facts.folders.items():
-        checks.append(check_writable(FOLDER_LABELS[variable], variable, folder))
-    checks += _disk_checks(settings, facts)
-    if facts.superseded:
-        checks.append(superseded_check(facts.superseded))
-    checks.append(facts.dataset)
-    checks += facts.readiness
-    checks.append(check_logger(settings.logger, environ, loaded.file_values))
-    checks.append(_trainer_check(settings, facts))
-    checks.append(_lock_check(settings, facts))
-    checks.append(crash_loop_check(facts.runs, settings.crash_loop_limit, facts.failed_runs_log, force=force))
-    gone = gpu_gone_check(facts.runs, facts.gpu)
-    if gone is not None:
-        checks.append(gone)
     layout, layout_problem = mode.layout(settings) if facts.builtin else ([], None)
-    if layout_problem is not None:
-        checks.append(layout_problem)
-    checks.append(CheckResult("checkpoint", checkpoint.status, checkpoint.message, checkpoint.fix))
-    if fingerprint is not None:
-        checks.append(fingerprint)
-    if settings.num_machines > 1:
-        checks.append(machine_check(settings))
-
+    checks = [
+        *_machine_checks(loaded, facts, cpu, mode, workers, environ),
+        *_run_checks(settings, facts, force),
+        *([layout_problem] if layout_problem is not None else []),
+        CheckResult("checkpoint", checkpoint.status, checkpoint.message, checkpoint.fix),
+        *([fingerprint] if fingerprint is not None else []),
+        *([machine_check(settings)] if settings.num_machines > 1 else []),
+    ]
     mixed_precision = settings.mixed_precision if facts.gpu.count else "no"
-    report = settings.output_dir / REPORT_DIR_NAME / "report.json"
     env = trainer_environment(loaded, environ, mode.environment(settings, mixed_precision))
     apply_machine_environment(env, settings)
     handoff = None
     actions: tuple[Action, ...] = ()
     if worst(check.status for check in checks) != FAIL:
-        handoff = Handoff(
-            checkpoint=checkpoint.load_path,
-            checkpoint_kind=checkpoint.kind,
-            checkpoint_update=checkpoint.update or 0,
-            workers=workers,
-            torch_threads=cpu.threads,
-            processes=facts.processes,
-            mixed_precision=mixed_precision,
-            output_dir=settings.output_dir,
-            backup_dir=settings.backup_dir,
-            dataset_dir=settings.dataset_dir,
-            log_dir=settings.log_dir,
-            vocab_file=settings.vocab_path,
-            report=report,
-            training=TrainingOptions.from_settings(settings),
-            preflight_version=__version__,
-            machine_rank=settings.machine_rank,
-            num_machines=settings.num_machines,
-            collective_timeout_s=settings.collective_timeout_s,
-        )
+        handoff = _handoff(settings, facts, checkpoint, cpu, workers, mixed_precision)
         actions = (
             *_folder_actions(facts),
             *checkpoint.actions,
@@ -166,6 +122,76 @@ def plan_preflight(
         env=env,
         handoff=handoff,
         cost_ms=dict(facts.cost_ms),
+    )
+
+
+def _machine_checks(
+    loaded: LoadedSettings,
+    facts: Facts,
+    cpu: CpuPlan,
+    mode: SafeMode,
+    workers: int,
+    environ: Mapping[str, str],
+) -> list[CheckResult]:
+    """This machine and its folders: settings, CPUs, GPU, shared memory, limits, folders, disk, dataset."""
+    settings = loaded.settings
+    checks = [_settings_check(loaded), *facts.waits, cpu_check(cpu, facts.cpu, mode)]
+    checks.append(
+        check_gpu(facts.gpu, require=settings.require_gpu, mixed_precision=settings.mixed_precision)
+    )
+    checks.append(
+        check_shm(
+            facts.shm, workers_total=workers * facts.processes, per_worker_mb=settings.shm_per_worker_mb
+        )
+    )
+    checks.append(check_ulimits(facts.limits, gpus=facts.gpu.count))
+    checks.append(check_init(facts.limits))
+    for variable, folder in facts.folders.items():
+        checks.append(check_writable(FOLDER_LABELS[variable], variable, folder))
+    checks += _disk_checks(settings, facts)
+    if facts.superseded:
+        checks.append(superseded_check(facts.superseded))
+    checks.append(facts.dataset)
+    checks += facts.readiness
+    checks.append(check_logger(settings.logger, environ, loaded.file_values))
+    return checks
+
+
+def _run_checks(settings: Settings, facts: Facts, force: bool) -> list[CheckResult]:
+    """Whether this start may go ahead: the trainer, the lock, the crash-loop breaker, the GPU after a failure."""
+    checks = [_trainer_check(settings, facts), _lock_check(settings, facts)]
+    checks.append(crash_loop_check(facts.runs, settings.crash_loop_limit, facts.failed_runs_log, force=force))
+    gone = gpu_gone_check(facts.runs, facts.gpu)
+    return checks + ([gone] if gone is not None else [])
+
+
+def _handoff(
+    settings: Settings,
+    facts: Facts,
+    checkpoint: CheckpointPlan,
+    cpu: CpuPlan,
+    workers: int,
+    mixed_precision: str,
+) -> Handoff:
+    return Handoff(
+        checkpoint=checkpoint.load_path,
+        checkpoint_kind=checkpoint.kind,
+        checkpoint_update=checkpoint.update or 0,
+        workers=workers,
+        torch_threads=cpu.threads,
+        processes=facts.processes,
+        mixed_precision=mixed_precision,
+        output_dir=settings.output_dir,
+        backup_dir=settings.backup_dir,
+        dataset_dir=settings.dataset_dir,
+        log_dir=settings.log_dir,
+        vocab_file=settings.vocab_path,
+        report=settings.output_dir / REPORT_DIR_NAME / "report.json",
+        training=TrainingOptions.from_settings(settings),
+        preflight_version=__version__,
+        machine_rank=settings.machine_rank,
+        num_machines=settings.num_machines,
+        collective_timeout_s=settings.collective_timeout_s,
     )
 
 
