@@ -216,13 +216,13 @@ def _install(action: Action, _qdir: Path | None, _performed: Performed) -> Actio
 
 def _own_copy(action: Action, _qdir: Path | None, _performed: Performed) -> ActionResult:
     from entrypoint.checkpoints.install import COPY_MARGIN_BYTES
-    from entrypoint.durable import replace_via_temp
+    from entrypoint.durable import copy_file
 
     size = action.path.stat().st_size
     free = shutil.disk_usage(action.path.parent).free
     if free < size + COPY_MARGIN_BYTES:
         raise OSError(errno.ENOSPC, f"no room for a private copy ({free / 1e9:.1f} GB free)")
-    replace_via_temp(action.path, lambda temp: shutil.copyfile(action.path, temp))
+    copy_file(action.path, action.path)  # onto itself: a private copy, the hard links keep the old data
     return ActionResult(action, True, landed=action.path)
 
 

@@ -21,7 +21,6 @@ A copy goes to a temp name, is fsynced, renamed without replacing anything, and 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import shutil
 from collections.abc import Iterable
@@ -30,9 +29,8 @@ from pathlib import Path
 
 from entrypoint import naming
 from entrypoint.checkpoints.f5_rule import F5Choice, f5_choice
-from entrypoint.checkpoints.quarantine import rename_no_replace
 from entrypoint.checkpoints.verdict import FORMAT_SAFETENSORS, KIND_TRAINING, Verdict
-from entrypoint.durable import fsync_path
+from entrypoint.durable import copy_file
 from entrypoint.files import same_file
 
 COPY_MARGIN_BYTES = 64 * 1024 * 1024
@@ -121,17 +119,10 @@ def _method(folder: Path, chosen: Path, placement: Placement) -> str:
 
 
 def atomic_copy(source: Path, target: Path) -> None:
-    """Copy to a temp name in the target folder, fsync, rename (never replacing a file)."""
+    """A durable copy (temp file, fsync, rename, folder fsync) that never replaces a file, after a space
+    check with a margin: a copy that cannot fit must not fill the disk the trainer saves to."""
     size = source.stat().st_size
     free = shutil.disk_usage(target.parent).free
     if free < size + COPY_MARGIN_BYTES:
         raise OSError(errno.ENOSPC, f"{free / 1e9:.1f} GB free, {size / 1e9:.1f} GB needed")
-    temp = naming.temp_path_for(target)
-    try:
-        shutil.copyfile(source, temp)
-        fsync_path(temp)
-        rename_no_replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
+    copy_file(source, target, replace=False)

@@ -39,7 +39,7 @@ from entrypoint.checkpoints.select import (
     settle_unused_temps,
 )
 from entrypoint.checkpoints.verdict import FAILURE_CHANGING, KIND_TRAINING, LEVELS, Verdict
-from entrypoint.naming import REASON_SUFFIX, SUPERSEDED_SUFFIX
+from entrypoint.naming import QUARANTINE_SUFFIX, REASON_SUFFIX, SUPERSEDED_SUFFIX
 from entrypoint.settings import Settings
 from entrypoint.wait import holds_still, recently_modified
 
@@ -114,7 +114,7 @@ class _Planner:
     ) -> None:
         if self.moved(path):
             return
-        suffix = SUPERSEDED_SUFFIX if aside else ".corrupted"
+        suffix = SUPERSEDED_SUFFIX if aside else QUARANTINE_SUFFIX
         target, note = planned_destination(path, self.settings.quarantine_dir, suffix)
         if note and note not in self.notes:
             self.notes.append(note)
