@@ -397,44 +397,41 @@ def _slow_copy(source: Path, target: Path, started: threading.Event, *, chunks: 
             time.sleep(pause_s)  # a slow disk or network: the copy itself, not the test's synchronisation
 
 
-def test_a_checkpoint_still_being_copied_in_is_waited_for_not_quarantined(
-    tmp_path: Path, templates: dict[str, Path]
-) -> None:
-    settings = make_settings(tmp_path, wait_timeout_s="60")
+def _resolve_while_copying(
+    tmp_path: Path, templates: dict[str, Path], *, wait_s: str, chunks: int, pause_s: float
+) -> tuple[CheckpointOutcome, Path]:
+    """`run`'s checkpoint step while update 400 is still being copied in as model_last.pt (model_300.pt beside)."""
+    settings = make_settings(tmp_path, wait_timeout_s=wait_s)
     place(templates["300"], settings.output_dir / "model_300.pt")
     started = threading.Event()
+    last = settings.output_dir / "model_last.pt"
     copier = threading.Thread(
         target=_slow_copy,
-        args=(templates["400"], settings.output_dir / "model_last.pt", started),
-        kwargs={"chunks": 8, "pause_s": 0.25},
+        args=(templates["400"], last, started),
+        kwargs={"chunks": chunks, "pause_s": pause_s},
     )
     copier.start()
     started.wait(30)
-    outcome = resolve_checkpoint(settings, apply=True)
-    copier.join()
+    try:
+        return resolve_checkpoint(settings, apply=True), last
+    finally:
+        copier.join()
+
+
+def test_a_checkpoint_still_being_copied_in_is_waited_for_not_quarantined(
+    tmp_path: Path, templates: dict[str, Path]
+) -> None:
+    outcome, _last = _resolve_while_copying(tmp_path, templates, wait_s="60", chunks=8, pause_s=0.25)
     assert outcome.quarantined == () and outcome.update == 400 and outcome.source == "last"
 
 
 def test_a_copy_that_keeps_changing_stops_the_run_and_moves_nothing(
     tmp_path: Path, templates: dict[str, Path]
 ) -> None:
-    settings = make_settings(tmp_path, wait_timeout_s="1")
-    place(templates["300"], settings.output_dir / "model_300.pt")
-    started = threading.Event()
-    copier = threading.Thread(
-        target=_slow_copy,
-        args=(templates["400"], settings.output_dir / "model_last.pt", started),
-        kwargs={"chunks": 40, "pause_s": 0.2},
-    )
-    copier.start()
-    started.wait(30)
-    try:
-        outcome = resolve_checkpoint(settings, apply=True)
-    finally:
-        copier.join()
+    outcome, last = _resolve_while_copying(tmp_path, templates, wait_s="1", chunks=40, pause_s=0.2)
     assert outcome.status == "fail" and outcome.quarantined == ()
     assert "still being written" in outcome.message and "let the copy finish" in outcome.fix
-    assert (settings.output_dir / "model_last.pt").exists()
+    assert last.exists()
 
 
 def test_a_quarantined_file_without_its_reason_file_is_reported(
