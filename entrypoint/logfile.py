@@ -180,7 +180,7 @@ def _write_all(descriptor: int, data: bytes) -> None:
             data = data[os.write(descriptor, data) :]
 
 
-def tee_descriptors(log_dir: Path, redact: Redactor) -> bool:
+def tee_descriptors(log_dir: Path, redact: Redactor, not_for_copier: tuple[int, ...] = ()) -> bool:
     """Route this process's stdout and stderr through a small copier process into the log file too.
 
     Done right before exec, so the program that replaces us (any trainer command) is logged as well, while
@@ -200,6 +200,10 @@ def tee_descriptors(log_dir: Path, redact: Redactor) -> bool:
         try:
             for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(number, signal.SIG_IGN)
+            for descriptor in not_for_copier:
+                # The run lock belongs to the trainer: the copier outlives it by a moment and must not hold it.
+                with contextlib.suppress(OSError):
+                    os.close(descriptor)
             for _, write_end in pipes.values():
                 os.close(write_end)
             sources = {read_end: target for target, (read_end, _) in pipes.items()}

@@ -21,6 +21,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from entrypoint import run_lock
+
 SAMPLE_RATE = 24_000
 _WORDS = ("hello", "world", "tiny", "voice", "model", "test", "sound", "check", "resume", "safe")
 _DONE = ".complete"
@@ -198,6 +200,10 @@ def kill_during_save(demo: Demo) -> int:
         f"while {caught} was being written" if caught else "between two saves (no save was caught in flight)"
     )
     print(f"   killed {where}", flush=True)
+    # The killed trainer's DataLoader workers notice within seconds and exit; until then they hold its lock.
+    deadline = time.monotonic() + KILL_WAIT_S
+    while run_lock.held_by_other(demo.output) and time.monotonic() < deadline:
+        time.sleep(0.5)
     print("   preflight validate --deep model_last.pt:", flush=True)
     valid = subprocess.run(
         [sys.executable, "-m", "entrypoint", "validate", "--deep", str(demo.output / "model_last.pt")],

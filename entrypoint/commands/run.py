@@ -74,7 +74,8 @@ def run(args: argparse.Namespace, command: list[str] | None = None) -> int:
     path = handoff_path(plan.report_dir)
     write_handoff(path, plan.handoff)
     env = {**plan.env, **plan.handoff.environment(path)}
-    if tee_descriptors(settings.log_dir, redact):
+    lock = (performed.lock_fd,) if performed is not None and performed.lock_fd is not None else ()
+    if tee_descriptors(settings.log_dir, redact, not_for_copier=lock):
         env[TEE_MARKER] = "1"
     exec_trainer(plan.argv, env)
     return EXIT_OK
