@@ -146,7 +146,7 @@ def describe_os_error(error: OSError) -> str:
 def _lock(action: Action, _qdir: Path | None, performed: Performed) -> ActionResult:
     from entrypoint import run_lock
 
-    fd, problem = run_lock.acquire(action.path)
+    fd, problem = run_lock.acquire(action.path, action.target.name if action.target else run_lock.LOCK_NAME)
     if fd is None:
         return ActionResult(action, False, problem or "the lock could not be taken")
     performed.lock_fd = fd

@@ -2,9 +2,10 @@
 
 A small exchange over TCP (one JSON line each way), torch-free: machine 0 listens on MAIN_PROCESS_PORT + 1;
 every other machine connects (retried with tenacity until WAIT_TIMEOUT_S), sends its summary (versions,
-preset, vocabulary and dataset fingerprints, batch settings, processes) and waits for the verdict. Machine 0
-compares each summary with its own and answers everyone the same: go, or the one line naming the machine and
-the difference, which stops every node (exit 3) before a trainer hangs at its first collective.
+preset, vocabulary and dataset fingerprints, batch settings, processes) and what it sees of machine 0's
+OUTPUT_DIR marker (shared_output), and waits for the verdict. Machine 0 compares each summary with its own and
+answers everyone the same: go, or the one line naming the machine and the difference, which stops every node
+(exit 3) before a trainer hangs at its first collective.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from entrypoint import __version__
+from entrypoint import __version__, shared_output
 from entrypoint.errors import CheckFailed
 from entrypoint.machines import file_fingerprint, installed_versions, meeting_port
 from entrypoint.settings import Settings
@@ -69,19 +70,28 @@ def first_difference(rank: int, theirs: Mapping[str, Any], ours: Mapping[str, An
 
 
 def meet(settings: Settings, summary: dict[str, Any], main_facts: dict[str, Any]) -> dict[str, Any]:
-    """Meet the other machines; returns machine 0's facts (`main_facts` on machine 0). CheckFailed when a
-    machine differs, does not come, or machine 0 cannot be reached."""
+    """Meet the other machines; returns machine 0's facts (`main_facts` on machine 0), with `sharing` (the
+    machines that share machine 0's OUTPUT_DIR) and, on the other machines, `seen` (what this one saw of
+    machine 0's marker). CheckFailed when a machine differs, does not come, or machine 0 cannot be reached."""
     timeout = max(settings.wait_timeout_s, 1.0)
     if settings.machine_rank == 0:
-        _host(settings, summary, main_facts, timeout)
-        return main_facts
+        marker = shared_output.write_marker(settings.output_dir, main_facts.get("checkpoint"))
+        sharing = _host(settings, summary, main_facts, timeout, marker)
+        return {**main_facts, "sharing": sharing, "compared": marker["checkpoint"]}
     return _join(settings, summary, timeout)
 
 
-def _host(settings: Settings, ours: dict[str, Any], main_facts: dict[str, Any], timeout: float) -> None:
+def _host(
+    settings: Settings,
+    ours: dict[str, Any],
+    main_facts: dict[str, Any],
+    timeout: float,
+    marker: dict[str, Any],
+) -> list[int]:
     port = meeting_port(settings)
     expected = set(range(1, settings.num_machines))
     joined: dict[int, socket.socket] = {}
+    sharing: list[int] = []
     problem: str | None = None
     deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_INET6 if ":" in settings.main_process_ip else socket.AF_INET) as server:
@@ -116,14 +126,17 @@ def _host(settings: Settings, ours: dict[str, Any], main_facts: dict[str, Any], 
                         break
                     continue
                 joined[rank] = connection
-                problem = problem or first_difference(rank, message.get("summary", {}), ours)
+                shares, unlike = shared_output.compare(rank, message.get("storage"), marker)
+                sharing += [rank] if shares else []
+                problem = problem or first_difference(rank, message.get("summary", {}), ours) or unlike
             missing = sorted(expected - joined.keys())
             if problem is None and missing:
                 problem = (
                     f"machine(s) {', '.join(map(str, missing))} did not reach machine 0's preflight on port "
                     f"{port} within {timeout:g} s"
                 )
-            reply = {"ok": True, "main": main_facts} if problem is None else {"ok": False, "message": problem}
+            main = {**main_facts, "sharing": sorted(sharing)}
+            reply = {"ok": True, "main": main} if problem is None else {"ok": False, "message": problem}
             for connection in joined.values():
                 _send(connection, reply)
         finally:
@@ -131,6 +144,7 @@ def _host(settings: Settings, ours: dict[str, Any], main_facts: dict[str, Any], 
                 connection.close()
     if problem is not None:
         raise CheckFailed(problem, _fix_for(problem))
+    return sorted(sharing)
 
 
 def _join(settings: Settings, ours: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -161,7 +175,9 @@ def _join(settings: Settings, ours: dict[str, Any], timeout: float) -> dict[str,
         ) from None
     assert connection is not None
     with connection:
-        _send(connection, {"machine": settings.machine_rank, "summary": ours})
+        # Connected: machine 0 wrote its marker before it listened, so it is there to be seen (or not).
+        seen = shared_output.look(settings.output_dir)
+        _send(connection, {"machine": settings.machine_rank, "summary": ours, "storage": seen})
         reply = _receive(connection, timeout + REPLY_MARGIN_S)
     if not isinstance(reply, dict) or "ok" not in reply:
         raise CheckFailed(
@@ -171,12 +187,14 @@ def _join(settings: Settings, ours: dict[str, Any], timeout: float) -> dict[str,
     if not reply["ok"]:
         message = str(reply.get("message", "machine 0 refused"))
         raise CheckFailed(message, _fix_for(message))
-    return dict(reply.get("main") or {})
+    return {**dict(reply.get("main") or {}), "seen": seen}
 
 
 def _fix_for(problem: str) -> str:
     if "did not reach" in problem:
         return "start every machine's container; " + UNREACHABLE_FIX
+    if "shares OUTPUT_DIR" in problem:
+        return shared_output.INCOHERENT_FIX
     if "twice" in problem:
         return "give every machine its own MACHINE_RANK, 0 to NUM_MACHINES-1"
     return "make every machine use the same image, settings, vocabulary and dataset, then start them again"
@@ -221,3 +239,21 @@ def meet_before_training(settings: Settings, processes: int, mixed_precision: st
         f"{main.get('update', 0)} and sends the training state to every process",
         flush=True,
     )
+    print(_storage_line(settings, main), flush=True)
+
+
+def _storage_line(settings: Settings, main: dict[str, Any]) -> str:
+    sharing = main.get("sharing") or []
+    if settings.machine_rank == 0:
+        if not sharing:
+            return "machines: every other machine has its own OUTPUT_DIR; machine 0 alone reads and saves checkpoints"
+        names = ", ".join(map(str, sharing))
+        compared = main.get("compared")
+        same = f"; they see {compared} as machine 0 does" if compared else ""
+        return (
+            f"machines: machine(s) {names} share this OUTPUT_DIR (machine 0's marker seen there){same}; "
+            "they copy nothing and write only their own preflight/machine-N records"
+        )
+    seen = main.get("seen") or {}
+    shared = settings.machine_rank in sharing
+    return shared_output.describe(settings.machine_rank, shared, seen, seen.get("checkpoint"))

@@ -22,7 +22,6 @@ from entrypoint.checks.result import FAIL, WARN, CheckResult
 from entrypoint.checks.writable import FolderFacts, probe_folder
 from entrypoint.launch import trainer_problem
 from entrypoint.ledger import RunRecord, ledger_path, log_tail, read_ledger
-from entrypoint.naming import LOG_FILE_NAME, REPORT_DIR_NAME
 from entrypoint.presets import PRESETS
 from entrypoint.probes.cpu import CpuFacts, probe_cpu
 from entrypoint.probes.gpu import GpuFacts, probe_gpu
@@ -141,7 +140,7 @@ def gather_facts(
         builtin=not command and not settings.trainer_command,
         trainer_problem=problem,
         f5_tts_installed=timed("trainer", lambda: importlib.util.find_spec("f5_tts") is not None),
-        lock_holder=timed("lock", lambda: run_lock.held_by_other(settings.output_dir)),
+        lock_holder=timed("lock", lambda: run_lock.held_by_other(settings.output_dir, settings.lock_name)),
         waits=waits,
         runs=runs,
         log_size=log_size,
@@ -169,8 +168,8 @@ def _superseded_copies(settings: Settings) -> tuple[tuple[str, int], ...]:
 
 
 def _ledger_facts(settings: Settings) -> tuple[tuple[RunRecord, ...], int, tuple[str, ...]]:
-    runs = tuple(read_ledger(ledger_path(settings.output_dir / REPORT_DIR_NAME)))
-    log_file = settings.log_dir / LOG_FILE_NAME
+    runs = tuple(read_ledger(ledger_path(settings.state_dir)))
+    log_file = settings.log_file
     try:
         log_size = log_file.stat().st_size
     except OSError:

@@ -91,16 +91,17 @@ class Tee:
         return getattr(self._original, name)
 
 
-def open_log(log_dir: Path) -> TextIO:
-    """Open <log_dir>/training.log for appending, line-buffered."""
+def open_log(log_dir: Path, name: str = LOG_FILE_NAME) -> TextIO:
+    """Open <log_dir>/training.log (or this machine's own name, naming.log_file_name) for appending,
+    line-buffered."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    return open(log_dir / LOG_FILE_NAME, "a", encoding="utf-8", buffering=1)
+    return open(log_dir / name, "a", encoding="utf-8", buffering=1)
 
 
-def tee_output(log_dir: Path, redact: Redactor) -> TextIO | None:
+def tee_output(log_dir: Path, redact: Redactor, name: str = LOG_FILE_NAME) -> TextIO | None:
     """Send stdout and stderr to the log file too; None (and output unchanged) when it cannot be opened."""
     try:
-        log = open_log(log_dir)
+        log = open_log(log_dir, name)
     except OSError:
         return None
     tees = (Tee(sys.stdout, log, redact), Tee(sys.stderr, log, redact))
@@ -180,7 +181,9 @@ def _write_all(descriptor: int, data: bytes) -> None:
             data = data[os.write(descriptor, data) :]
 
 
-def tee_descriptors(log_dir: Path, redact: Redactor, not_for_copier: tuple[int, ...] = ()) -> bool:
+def tee_descriptors(
+    log_dir: Path, redact: Redactor, not_for_copier: tuple[int, ...] = (), name: str = LOG_FILE_NAME
+) -> bool:
     """Route this process's stdout and stderr through a small copier process into the log file too.
 
     Done right before exec, so the program that replaces us (any trainer command) is logged as well, while
@@ -189,7 +192,7 @@ def tee_descriptors(log_dir: Path, redact: Redactor, not_for_copier: tuple[int, 
     be opened (output then stays as it is).
     """
     try:
-        log = open(log_dir / LOG_FILE_NAME, "ab")  # noqa: SIM115 -- handed over to the copier process
+        log = open(log_dir / name, "ab")  # noqa: SIM115 -- handed over to the copier process
     except OSError:
         return False
     pipes = {1: os.pipe(), 2: os.pipe()}

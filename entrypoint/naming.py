@@ -19,6 +19,7 @@ REASON_SUFFIX = ".json"  # next to a quarantined file: <name>.corrupted.json
 PRETRAINED_PREFIX = "pretrained_"
 LOG_FILE_NAME = "training.log"
 REPORT_DIR_NAME = "preflight"  # inside OUTPUT_DIR: report.json, report.txt, verdict-cache.json
+LOCK_NAME = ".train.lock"
 
 _NUMBERED = re.compile(r"^model_(\d+)\.(pt|safetensors)$")
 # An unfinished save: ".<final name>.partial-<pid>-<token>". The leading dot and the suffix keep it out of
@@ -53,6 +54,27 @@ def temp_pid(name: str) -> int | None:
     """For an unfinished-save temp file name, the PID of the process that wrote it; else None."""
     match = _TEMP.match(name)
     return int(match.group("pid")) if match else None
+
+
+def machine_suffix(machine_rank: int) -> str:
+    """Empty on machine 0, "-machine-N" on machine N of several. Every file a machine other than 0 writes for
+    itself carries it, so several machines may share one OUTPUT_DIR (or LOGS_DIR) without touching each
+    other's lock, reports, run ledger or log."""
+    return "" if machine_rank == 0 else f"-machine-{machine_rank}"
+
+
+def state_dir(output_dir: Path, machine_rank: int) -> Path:
+    """This machine's preflight folder: OUTPUT_DIR/preflight, or OUTPUT_DIR/preflight/machine-N."""
+    base = output_dir / REPORT_DIR_NAME
+    return base if machine_rank == 0 else base / f"machine-{machine_rank}"
+
+
+def lock_name(machine_rank: int) -> str:
+    return f".train{machine_suffix(machine_rank)}.lock"
+
+
+def log_file_name(machine_rank: int) -> str:
+    return f"training{machine_suffix(machine_rank)}.log"
 
 
 def is_checkpoint_name(name: str) -> bool:

@@ -29,10 +29,8 @@ from entrypoint.handoff import Handoff, TrainingOptions
 from entrypoint.ledger import ledger_path
 from entrypoint.machines import apply_machine_environment, machine_check
 from entrypoint.modes import SafeMode, mode_for
-from entrypoint.naming import REPORT_DIR_NAME
 from entrypoint.probes.cpu import CpuFacts
 from entrypoint.readiness.fingerprint import FILE_NAME as FINGERPRINT_FILE
-from entrypoint.run_lock import LOCK_NAME
 from entrypoint.settings import SPECS, LoadedSettings, Settings
 
 LOCK_FIX = "stop the other trainer first (docker compose stop train), or give this run another OUTPUT_DIR"
@@ -59,7 +57,7 @@ class Plan:
 
     @property
     def report_dir(self) -> Path:
-        return self.settings.output_dir / REPORT_DIR_NAME
+        return self.settings.state_dir
 
 
 def plan_preflight(
@@ -101,7 +99,7 @@ def plan_preflight(
     if worst(check.status for check in checks) != FAIL:
         handoff = _handoff(settings, facts, checkpoint, cpu, workers, mixed_precision)
         actions = (
-            *_folder_actions(facts),
+            *_folder_actions(settings, facts),
             *checkpoint.actions,
             *layout,
             *_record(settings, facts, checkpoint),
@@ -186,7 +184,7 @@ def _handoff(
         dataset_dir=settings.dataset_dir,
         log_dir=settings.log_dir,
         vocab_file=settings.vocab_path,
-        report=settings.output_dir / REPORT_DIR_NAME / "report.json",
+        report=settings.state_dir / "report.json",
         training=TrainingOptions.from_settings(settings),
         preflight_version=__version__,
         machine_rank=settings.machine_rank,
@@ -199,19 +197,19 @@ def _record_start(settings: Settings, facts: Facts, handoff: Handoff) -> Action:
     """The last action: this start in the run ledger (the crash-loop breaker's memory)."""
     return Action(
         act.RECORD_START,
-        ledger_path(settings.output_dir / REPORT_DIR_NAME),
+        ledger_path(settings.state_dir),
         cause=f"resumes from update {handoff.checkpoint_update}",
         details={"resumed_from": handoff.checkpoint_update, "log_offset": facts.log_size},
     )
 
 
-def _folder_actions(facts: Facts) -> list[Action]:
+def _folder_actions(settings: Settings, facts: Facts) -> list[Action]:
     """The lock first (another trainer stops the run before anything is touched), then missing folders."""
     output = facts.folders["OUTPUT_DIR"].path
     planned = [
         Action(act.CREATE_FOLDER, f.path, required=True) for f in facts.folders.values() if not f.exists
     ]
-    lock = Action(act.LOCK, output, output / LOCK_NAME, "one trainer per OUTPUT_DIR", required=True)
+    lock = Action(act.LOCK, output, output / settings.lock_name, "one trainer per OUTPUT_DIR", required=True)
     creates_output = [a for a in planned if a.path == output]
     rest = [a for a in planned if a.path != output]
     return [*creates_output, lock, *rest]
@@ -222,7 +220,7 @@ def _record(settings: Settings, facts: Facts, checkpoint: CheckpointPlan) -> lis
     fingerprint = facts.readiness_data.get("fingerprint")
     if not fingerprint:
         return []
-    path = settings.output_dir / REPORT_DIR_NAME / FINGERPRINT_FILE
+    path = settings.state_dir / FINGERPRINT_FILE
     details = {"fingerprint": fingerprint, "update": checkpoint.update or 0}
     return [
         Action(act.RECORD_FINGERPRINT, path, None, "for the resume checks of later runs", details=details)
@@ -305,7 +303,9 @@ def _lock_check(settings: Settings, facts: Facts) -> CheckResult:
         # A lock file that cannot be used (a link, another file) names its own fix in the problem line.
         taken = facts.lock_holder.startswith("another trainer")
         return CheckResult("lock", FAIL, facts.lock_holder, LOCK_FIX if taken else "")
-    return CheckResult("lock", OK, f"no other trainer is using OUTPUT_DIR ({LOCK_NAME} taken by `run`)")
+    return CheckResult(
+        "lock", OK, f"no other trainer is using OUTPUT_DIR ({settings.lock_name} taken by `run`)"
+    )
 
 
 def trainer_environment(

@@ -6,7 +6,8 @@ ends, however it ends: no stale lock after a crash).
 The lock file is rewritten (truncated, then a "pid ... on ... since ..." line) only when it is ours: opened
 without following a symlink, without blocking (a FIFO), a regular file with one link (a hard link to a
 checkpoint would otherwise be emptied) holding nothing but such a line. Anything else under that name is
-left untouched and the run stops, saying what to move away.
+left untouched and the run stops, saying what to move away. Machine N of several takes
+.train-machine-N.lock instead (naming.lock_name): machines sharing one OUTPUT_DIR each keep their own.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import stat
 import time
 from pathlib import Path
 
-LOCK_NAME = ".train.lock"
+from entrypoint.naming import LOCK_NAME
+
 _STAMP = re.compile(rb"^pid \d+ on .* since \S+\n?$")
 _MAX_STAMP = 4096
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -75,10 +77,10 @@ def _open(path: Path, flags: int) -> tuple[int | None, str | None]:
         return None, f"cannot open {path}: {error.strerror or error}"
 
 
-def acquire(output_dir: Path) -> tuple[int | None, str | None]:
+def acquire(output_dir: Path, name: str = LOCK_NAME) -> tuple[int | None, str | None]:
     """(descriptor, None) when the lock is ours, kept open across exec; (None, why) when it is held or the
     lock file cannot be used."""
-    path = output_dir / LOCK_NAME
+    path = output_dir / name
     fd, problem = _open(path, os.O_RDWR | os.O_CREAT)
     if fd is None:
         return None, problem
@@ -103,10 +105,10 @@ def acquire(output_dir: Path) -> tuple[int | None, str | None]:
     return fd, None
 
 
-def held_by_other(output_dir: Path) -> str | None:
+def held_by_other(output_dir: Path, name: str = LOCK_NAME) -> str | None:
     """For `preflight check`: why a run would find the lock taken or unusable, without keeping (or
     creating) it."""
-    path = output_dir / LOCK_NAME
+    path = output_dir / name
     fd, problem = _open(path, os.O_RDONLY)
     if fd is None:
         return problem

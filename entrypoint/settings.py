@@ -19,6 +19,7 @@ from typing import Any
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
+from entrypoint import naming
 from entrypoint.errors import ConfigError
 from entrypoint.handoff import ENV_NAMES as HANDOFF_NAMES
 from entrypoint.presets import PRESET_NAMES
@@ -532,6 +533,19 @@ class Settings:
     def vocab_path(self) -> Path:
         """VOCAB_FILE, else the vocab.txt prepare_csv_wavs writes into DATASET_DIR."""
         return self.vocab_file or self.dataset_dir / "vocab.txt"
+
+    @property
+    def state_dir(self) -> Path:
+        """Where this machine's preflight keeps its reports, run ledger and records (naming.state_dir)."""
+        return naming.state_dir(self.output_dir, self.machine_rank)
+
+    @property
+    def lock_name(self) -> str:
+        return naming.lock_name(self.machine_rank)
+
+    @property
+    def log_file(self) -> Path:
+        return self.log_dir / naming.log_file_name(self.machine_rank)
 
     def describe(self) -> dict[str, str]:
         """The values as strings, for reports (every field is safe to show: secrets are not settings)."""

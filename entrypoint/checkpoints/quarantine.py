@@ -13,14 +13,13 @@ import ctypes
 import errno
 import json
 import os
-import re
 import stat
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from entrypoint import __version__, naming
+from entrypoint import __version__, mounts, naming
 from entrypoint.durable import fsync_folder
 
 _RENAME_NOREPLACE = 1
@@ -103,35 +102,13 @@ def _separate_mount_note(path: Path, quarantine_dir: Path) -> str:
     )
 
 
-MOUNTINFO = Path("/proc/self/mountinfo")
+MOUNTINFO = mounts.MOUNTINFO
 
 
 def _mount_id(folder: Path) -> int | None:
-    """The id of the mount `folder` lies on (/proc/self/mountinfo), None when that cannot be told.
-
-    Two bind mounts of one disk share st_dev, yet rename() between them fails with EXDEV: only the mount
-    tells them apart.
-    """
-    try:
-        real = os.path.realpath(folder)
-        lines = MOUNTINFO.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
-    except OSError:
-        return None
-    best: tuple[int, int] | None = None  # (length of the mount point, mount id); a later mount on top wins
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 5 or not fields[0].isdigit():
-            continue
-        point = _unescape(fields[4])
-        inside = real == point or real.startswith(point.rstrip("/") + "/")
-        if inside and (best is None or len(point) >= best[0]):
-            best = (len(point), int(fields[0]))
-    return best[1] if best is not None else None
-
-
-def _unescape(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash in a path as octal escapes (\\040)."""
-    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
+    """The id of the mount `folder` lies on, None when that cannot be told (entrypoint.mounts)."""
+    mount = mounts.mount_of(folder, MOUNTINFO)
+    return mount.mount_id if mount is not None else None
 
 
 def free_name(folder: Path, name: str, suffix: str = naming.QUARANTINE_SUFFIX) -> Path:

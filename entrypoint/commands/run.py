@@ -45,7 +45,7 @@ def run(args: argparse.Namespace, command: list[str] | None = None) -> int:
     loaded = load_settings(cli_env_file=args.env_file)
     settings = loaded.settings
     redact = redactor_for(loaded)
-    tee_output(settings.log_dir, redact)
+    tee_output(settings.log_dir, redact, settings.log_file.name)
     plan = make_plan(loaded, command=command, wait=True, force=getattr(args, "force", False))
     performed = perform(plan.actions, quarantine_dir=settings.quarantine_dir) if plan.handoff else None
     outcome = settle(plan.checkpoint, performed.results if performed else None, settings)
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace, command: list[str] | None = None) -> int:
     write_handoff(path, plan.handoff)
     env = {**plan.env, **plan.handoff.environment(path)}
     lock = (performed.lock_fd,) if performed is not None and performed.lock_fd is not None else ()
-    if tee_descriptors(settings.log_dir, redact, not_for_copier=lock):
+    if tee_descriptors(settings.log_dir, redact, not_for_copier=lock, name=settings.log_file.name):
         env[TEE_MARKER] = "1"
     exec_trainer(plan.argv, env)
     return EXIT_OK

@@ -15,7 +15,6 @@ from typing import Any
 
 from entrypoint.errors import EXIT_OK
 from entrypoint.ledger import ledger_path, read_ledger, to_json
-from entrypoint.naming import REPORT_DIR_NAME
 from entrypoint.settings import load_settings
 
 HELP = "show the run ledger, the newest valid checkpoint, the last heartbeat, ETA and disk left"
@@ -72,7 +71,7 @@ def read_heartbeat(report_dir: Path, now: float) -> dict[str, Any] | None:
 
 def gather_status(settings: Any, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
-    report_dir = settings.output_dir / REPORT_DIR_NAME
+    report_dir = settings.state_dir
     runs = read_ledger(ledger_path(report_dir))
     try:
         free = shutil.disk_usage(settings.output_dir).free

@@ -93,10 +93,9 @@ def fingerprint_check(
 ) -> CheckResult | None:
     """Compare the dataset fingerprint with the run that trained the checkpoint being resumed (reads only);
     stores this run's fingerprint in `readiness["fingerprint"]` for `run` to record. None: nothing to compare."""
-    from entrypoint.naming import REPORT_DIR_NAME
     from entrypoint.readiness.fingerprint import check_fingerprint, dataset_fingerprint
 
-    report_dir = settings.output_dir / REPORT_DIR_NAME
+    report_dir = settings.state_dir
     plan = readiness.get("batch_plan") or {}
     fingerprint = dataset_fingerprint(settings, vocab_path, processes, plan.get("batches_per_process"))
     readiness["fingerprint"] = fingerprint

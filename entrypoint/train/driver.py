@@ -112,19 +112,26 @@ def build_trainer(handoff: Handoff, model: Any, stop: Any) -> Any:
 
 def _ledger(handoff: Handoff) -> Path:
     from entrypoint.ledger import ledger_path
-    from entrypoint.naming import REPORT_DIR_NAME
+    from entrypoint.naming import state_dir
 
-    return ledger_path(handoff.output_dir / REPORT_DIR_NAME)
+    return ledger_path(state_dir(handoff.output_dir, handoff.machine_rank))
+
+
+def first_on_machine(environ: Mapping[str, str]) -> bool:
+    """The process that speaks for this machine (its run ledger, its heartbeat): local rank 0. Every machine
+    of several keeps its own record, so each one's crash-loop breaker and `preflight status` see its runs."""
+    return environ.get("LOCAL_RANK", environ.get("RANK", "0")) == "0"
 
 
 def build_watchdog(handoff: Handoff) -> Any:
     """The stall watchdog of this process; its heartbeat file is written by the main process only."""
     from entrypoint.ledger import STALLED
-    from entrypoint.naming import REPORT_DIR_NAME
+    from entrypoint.naming import state_dir
     from entrypoint.train.watchdog import HEARTBEAT_FILE, Stall, Watchdog
 
     options = handoff.training
-    main_process = os.environ.get("RANK", "0") == "0"
+    main_process = first_on_machine(os.environ)
+    heartbeat = state_dir(handoff.output_dir, handoff.machine_rank) / HEARTBEAT_FILE
 
     def on_stall(stall: Stall) -> None:
         if main_process:
@@ -134,7 +141,7 @@ def build_watchdog(handoff: Handoff) -> Any:
         timeout_s=options.stall_timeout_s,
         min_s=options.stall_min_s,
         on_stall=on_stall,
-        heartbeat_path=handoff.output_dir / REPORT_DIR_NAME / HEARTBEAT_FILE if main_process else None,
+        heartbeat_path=heartbeat if main_process else None,
         max_updates=options.max_updates,
     )
 
@@ -233,14 +240,15 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code if error.exit_code else EXIT_CONFIG
     from entrypoint.logfile import TEE_MARKER, tee_output
+    from entrypoint.naming import log_file_name
     from entrypoint.redact import Redactor, secret_values
 
     if environ.get(TEE_MARKER) != "1":  # started by `preflight run`, the output is logged already
-        tee_output(handoff.log_dir, Redactor(secret_values(environ)))
+        tee_output(handoff.log_dir, Redactor(secret_values(environ)), log_file_name(handoff.machine_rank))
     _offline_environment()
     from entrypoint import ledger
 
-    main_process = environ.get("RANK", "0") == "0"
+    main_process = first_on_machine(environ)
     try:
         code = run(handoff)
     except PreflightError as error:
