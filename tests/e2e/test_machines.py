@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.run_lock import LOCK_NAME
+from entrypoint.naming import lock_name
 from tests.trainer_data import (
     RESUMED,
     SAVED_LAST,
@@ -111,7 +111,9 @@ def test_both_machines_resume_from_machine_0s_checkpoint(dataset: Path, tmp_path
         assert int(resumed.group(2)) == 2
         assert float(resumed.group(3)) == pytest.approx(expected, rel=1e-9)
     # Machine 1 neither quarantined its damaged file nor saved anything; machine 0 saved update 4.
-    assert sorted(p.name for p in output1.iterdir() if p.is_file()) == [LOCK_NAME, "model_last.pt"]
+    assert sorted(p.name for p in output1.iterdir() if p.is_file()) == [lock_name(1), "model_last.pt"]
+    assert "OUTPUT_DIR on machine 1 is its own" in out1, both
+    assert "every other machine has its own OUTPUT_DIR" in out0, both
     assert damaged.read_bytes().startswith(b"PK\x03\x04 not a whole")
     assert load_checkpoint(Path(values0["OUTPUT_DIR"]) / "model_last.pt")["update"] == 4
 
