@@ -402,7 +402,9 @@ class Settings:
     machine_rank: int = _setting(
         "int",
         "0",
-        "This machine's number, 0 to NUM_MACHINES-1; machine 0 chooses the checkpoint and saves.",
+        "This machine's number, 0 to NUM_MACHINES-1; machine 0 chooses the checkpoint and saves. Machine N > 0 "
+        "writes only .train-machine-N.lock, preflight/machine-N/ and training-machine-N.log, so the machines "
+        "may share OUTPUT_DIR and LOG_DIR.",
         "cluster",
         minimum=0,
         maximum=1023,
