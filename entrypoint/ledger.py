@@ -31,6 +31,8 @@ STALLED = "stall"
 NON_FINITE = "non-finite"
 NOT_SAVED = "last-not-saved"
 KILLED = "killed"  # no end was recorded: SIGKILL, out of memory, power loss
+# The preflight stopped before any trainer ran (the machines did not meet): not a crash of the trainer.
+NOT_STARTED = "not-started"
 
 
 @dataclass(frozen=True)
@@ -143,11 +145,13 @@ def crash_loop(records: Sequence[RunRecord], limit: int) -> CrashLoop | None:
     """The last `limit` starts each failed, resumed from the same update and saved nothing newer.
 
     A clean end (exit 0) or any saved progress breaks the chain, so a run that moves forward between its
-    crashes is never stopped. limit 0: never.
+    crashes is never stopped. Starts whose trainer never ran (NOT_STARTED: another machine was late or
+    different) neither count nor break it. limit 0: never.
     """
-    if limit <= 0 or len(records) < limit:
+    started = [record for record in records if record.outcome != NOT_STARTED]
+    if limit <= 0 or len(started) < limit:
         return None
-    last = list(records)[-limit:]
+    last = started[-limit:]
     update = last[0].resumed_from
     for run in last:
         if not run.failed or run.resumed_from != update:

@@ -7,24 +7,26 @@ written when the lock is held by another trainer (that run's report stays as it 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
 
 from entrypoint import actions as act
+from entrypoint import ledger
 from entrypoint.actions import ActionResult, Performed, perform
-from entrypoint.checkpoints.resolve import failed_after_actions, settle
+from entrypoint.checkpoints.resolve import CheckpointOutcome, failed_after_actions, settle
 from entrypoint.checks.guards import GPU_GONE
 from entrypoint.checks.result import FAIL, CheckResult
 from entrypoint.cluster import meet_before_training
 from entrypoint.commands.common import add_env_options, make_plan, redactor_for
-from entrypoint.errors import EXIT_CHECK_FAILED, EXIT_GPU_GONE, EXIT_OK
+from entrypoint.errors import EXIT_CHECK_FAILED, EXIT_GPU_GONE, EXIT_OK, PreflightError
 from entrypoint.handoff import handoff_path, write_handoff
 from entrypoint.launch import exec_trainer
 from entrypoint.logfile import TEE_MARKER, tee_descriptors, tee_output
 from entrypoint.plan import LOCK_FIX, Plan
 from entrypoint.report import build_report, redact_tree, render_text, terminal_width, write_report
-from entrypoint.settings import load_settings
+from entrypoint.settings import Settings, load_settings
 
 HELP = "check, perform the planned actions (quarantine, install), then exec the trainer [-- CMD ...]"
 EXAMPLE = "example: preflight run --env-file .env    (or: preflight run -- python my_trainer.py)"
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace, command: list[str] | None = None) -> int:
     if report["status"] == "fail" or plan.handoff is None:
         gone = any(check.name == GPU_GONE and check.status == FAIL for check in plan.checks)
         return EXIT_GPU_GONE if gone else EXIT_CHECK_FAILED
-    meet_before_training(settings, plan.handoff.processes, plan.handoff.mixed_precision, outcome)
+    _meet_or_record(settings, plan, outcome)
     path = handoff_path(plan.report_dir)
     write_handoff(path, plan.handoff)
     env = {**plan.env, **plan.handoff.environment(path)}
@@ -79,6 +81,23 @@ def run(args: argparse.Namespace, command: list[str] | None = None) -> int:
         env[TEE_MARKER] = "1"
     exec_trainer(plan.argv, env)
     return EXIT_OK
+
+
+def _meet_or_record(settings: Settings, plan: Plan, outcome: CheckpointOutcome) -> None:
+    """Meet the other machines; when they do not meet, this start's ledger record says no trainer ran, so
+    a machine waiting for a late peer is never taken for a crash loop."""
+    assert plan.handoff is not None
+    try:
+        meet_before_training(settings, plan.handoff.processes, plan.handoff.mixed_precision, outcome)
+    except PreflightError as error:
+        with contextlib.suppress(OSError):
+            ledger.record_end(
+                ledger.ledger_path(plan.report_dir),
+                exit_code=error.exit_code,
+                outcome=ledger.NOT_STARTED,
+                detail=error.message,
+            )
+        raise
 
 
 def _lock_refused(plan: Plan, performed: Performed | None) -> bool:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-from entrypoint.ledger import RunRecord, crash_loop, read_ledger, record_end, record_start
+from entrypoint.ledger import NOT_STARTED, RunRecord, crash_loop, read_ledger, record_end, record_start
 
 
 def _run(resumed_from: int, exit_code: int | None, saved: int | None = None) -> RunRecord:
@@ -24,6 +25,13 @@ def test_progress_a_clean_end_or_a_short_history_is_not_a_loop() -> None:
     assert crash_loop([_run(40, 1), _run(40, 1, saved=44), _run(40, 1)], limit=3) is None  # saved newer
     assert crash_loop([_run(40, 1), _run(40, 1)], limit=3) is None
     assert crash_loop([_run(40, 1)] * 5, limit=0) is None
+
+
+def test_starts_whose_trainer_never_ran_neither_count_nor_break_a_loop() -> None:
+    waited = replace(_run(40, 3), outcome=NOT_STARTED)  # machine 1 waited for a machine 0 that came late
+    assert crash_loop([_run(40, 1), waited, waited, waited], limit=3) is None
+    loop = crash_loop([_run(40, 1), waited, _run(40, 7), waited, _run(40, None)], limit=3)
+    assert loop is not None and [run.exit_code for run in loop.runs] == [1, 7, None]
 
 
 def test_the_ledger_survives_a_damaged_file_and_records_ends_by_pid(tmp_path: Path) -> None:
