@@ -78,6 +78,15 @@ def machines_launcher(settings: Settings, processes: int) -> list[str]:
     ]
 
 
+def processes_launcher(settings: Settings, processes: int) -> list[str]:
+    """`accelerate launch` of `processes` on this machine. Without --multi_gpu, Accelerate starts them only
+    when it sees more than one GPU: on the CPU (or one GPU) it would start a single process and train alone
+    while the plan counts `processes`. Port 0: a free port for the rendezvous, so two trainers on one
+    machine (other OUTPUT_DIRs) do not meet on Accelerate's fixed default port."""
+    launcher = _launcher(processes, settings.mixed_precision)
+    return [*launcher[:2], "--multi_gpu", *launcher[2:], "--main_process_port", "0"]
+
+
 class SafeMode:
     name = "safe"
     folder_copy_first = False
@@ -94,7 +103,7 @@ class SafeMode:
         if settings.num_machines > 1:
             return [*machines_launcher(settings, processes), "-m", SAFE_MODULE]
         if processes > 1:
-            return [*_launcher(processes, settings.mixed_precision), "-m", SAFE_MODULE]
+            return [*processes_launcher(settings, processes), "-m", SAFE_MODULE]
         return [sys.executable, "-m", SAFE_MODULE]
 
     def environment(self, settings: Settings, mixed_precision: str) -> dict[str, str]:

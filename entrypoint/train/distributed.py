@@ -1,14 +1,16 @@
-"""Several machines: one process group with a bounded timeout, and one checkpoint read for all of them.
+"""Several processes: one process group with a bounded timeout; on several machines one checkpoint read.
 
-Only the process of global rank 0 (on machine 0) opens the checkpoint the preflight chose; it sends the whole
-training state (weights, EMA, optimizer, scheduler, update) to every other process over the process group, so
-the other machines need no copy and cannot load a different or missing file. A problem reading it reaches
-every process as the same error, instead of leaving the others waiting in the broadcast.
+On several machines only the process of global rank 0 (on machine 0) opens the checkpoint the preflight
+chose; it sends the whole training state (weights, EMA, optimizer, scheduler, update) to every other process
+over the process group, so the other machines need no copy and cannot load a different or missing file. A
+problem reading it reaches every process as the same error, instead of leaving the others waiting in the
+broadcast. The processes of one machine read the same validated file themselves (the preflight's lock keeps
+it from changing), which spares a broadcast of the whole state through GPU memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,15 @@ _PEER_FAILURE_WORDS = (
 )
 
 
+def launched_processes(environ: Mapping[str, str]) -> int:
+    """How many processes the launcher (torchrun, through `accelerate launch`) started in all: its
+    WORLD_SIZE; 1 when started without one."""
+    try:
+        return max(1, int(environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
 def start_process_group(timeout_s: float) -> None:
     """Create the process group (through Accelerate's shared state, which F5-TTS's Accelerator then reuses)
     with COLLECTIVE_TIMEOUT_S instead of torch's default of 30 minutes."""
@@ -34,7 +45,8 @@ def start_process_group(timeout_s: float) -> None:
     from accelerate import PartialState
 
     # Without cpu=True, Accelerate on a machine without a GPU ignores the launcher's WORLD_SIZE and trains
-    # each process alone (DistributedType.NO): the machines would never exchange a gradient.
+    # each process alone (DistributedType.NO): the processes would never exchange a gradient, and every one
+    # of them would be the main process and write model_last.pt.
     PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=timeout_s))
 
 

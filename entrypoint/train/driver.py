@@ -188,9 +188,10 @@ def run(handoff: Handoff) -> int:
     from entrypoint.train.data import load_train_dataset
 
     handoff.output_dir.mkdir(parents=True, exist_ok=True)
-    if handoff.num_machines > 1:
-        from entrypoint.train.distributed import start_process_group
+    from entrypoint.train.distributed import launched_processes, start_process_group
 
+    if launched_processes(os.environ) > 1:
+        # Every launch of several processes, one machine or many: one group, COLLECTIVE_TIMEOUT_S bounded.
         start_process_group(handoff.collective_timeout_s)
     model = build_model(handoff)
     try:

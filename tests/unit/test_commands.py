@@ -35,6 +35,16 @@ def test_safe_mode_several_processes_uses_accelerate_launch() -> None:
     assert argv[argv.index("--num_processes") + 1] == "4"
     assert argv[argv.index("--mixed_precision") + 1] == "fp16"
     assert argv[-2:] == ["-m", "entrypoint.train"]
+    # Without --multi_gpu Accelerate starts one process unless it sees several GPUs (the CPU, one GPU).
+    assert argv[2] == "--multi_gpu"
+    assert argv[argv.index("--main_process_port") + 1] == "0"  # a free port: two trainers on one machine
+
+
+@pytest.mark.parametrize(("environ", "count"), [({}, 1), ({"WORLD_SIZE": "2"}, 2), ({"WORLD_SIZE": "x"}, 1)])
+def test_the_trainer_counts_the_processes_its_launcher_started(environ: dict[str, str], count: int) -> None:
+    from entrypoint.train.distributed import launched_processes
+
+    assert launched_processes(environ) == count
 
 
 def test_zero_processes_is_refused() -> None:
@@ -93,6 +103,9 @@ def test_stock_mode_several_processes_launches_the_cli_module() -> None:
     argv = build_trainer_argv(_settings(trainer_mode="stock"), processes=2)
     assert argv[1] == "launch" and "-m" in argv
     assert argv[argv.index("-m") + 1] == "f5_tts.train.finetune_cli"
+    # F5-TTS's own Accelerator has no cpu=True: on the CPU, processes started with --multi_gpu would each
+    # train alone and all write model_last.pt; without it Accelerate starts one process there.
+    assert "--multi_gpu" not in argv
 
 
 def test_stock_mode_refuses_the_tiny_preset() -> None:
