@@ -217,7 +217,7 @@ def run(handoff: Handoff) -> int:
     except Exception as error:
         from entrypoint.train.distributed import is_peer_failure
 
-        if handoff.num_machines == 1 or not is_peer_failure(error):
+        if launched_processes(os.environ) == 1 or not is_peer_failure(error):
             raise
         raise CheckFailed(
             f"lost another machine of the {handoff.num_machines} (machine {handoff.machine_rank} here): "

@@ -333,7 +333,10 @@ class SafeTrainer(Trainer):
 
     def save_last_and_wait(self, update: int, stop_reason: str = "") -> bool:
         """model_last.pt at `update`, durable (see CheckpointManager.ensure_last); every process calls it."""
-        self.accelerator.wait_for_everyone()
+        # F5-TTS's loop ends with its own last save and then destroys the process group (end_training):
+        # after a finished run there is no group left to wait on, and nothing left to wait for.
+        if _process_group_running():
+            self.accelerator.wait_for_everyone()
         if not self.is_main:
             return True
         if not self.state_may_be_saved(update):
@@ -478,3 +481,9 @@ def _replay_without_logger_line(text: str) -> None:
         if not line.startswith(_F5_LOGGER_LINE):
             sys.stdout.write(line)
     sys.stdout.flush()
+
+
+def _process_group_running() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()

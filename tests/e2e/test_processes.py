@@ -75,11 +75,6 @@ def test_two_processes_train_as_one_group_save_once_and_resume_together(
     assert load_checkpoint(output / "model_last.pt")["update"] == 6
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F5-TTS's train() destroys the process group (end_training) before SafeTrainer.train's final "
-    "save_last_and_wait, whose barrier then raises 'Default process group has not been initialized'",
-)
 def test_two_processes_share_the_data_and_finish_their_epochs(dataset: Path, tmp_path: Path) -> None:
     # 8 clips in batches of 2 samples: 4 batches per epoch, 2 for each process; alone, one would make 4.
     values = tiny_settings(dataset, tmp_path, train_processes=2, epochs=2, last_every_updates=2)
