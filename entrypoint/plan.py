@@ -16,7 +16,7 @@ from entrypoint import actions as act
 from entrypoint.actions import Action
 from entrypoint.checkpoints.resolve import CheckpointPlan
 from entrypoint.checks.disk import check_disk, saves_needed
-from entrypoint.checks.gpu import check_gpu
+from entrypoint.checks.gpu import check_gpu, check_processes
 from entrypoint.checks.guards import crash_loop_check, gpu_gone_check, superseded_check
 from entrypoint.checks.limits import check_init, check_ulimits
 from entrypoint.checks.logger import check_logger
@@ -137,6 +137,8 @@ def _machine_checks(
     checks.append(
         check_gpu(facts.gpu, require=settings.require_gpu, mixed_precision=settings.mixed_precision)
     )
+    processes = check_processes(facts.processes, facts.gpu.count, settings.trainer_mode)
+    checks += [processes] if processes is not None else []
     checks.append(
         check_shm(
             facts.shm, workers_total=workers * facts.processes, per_worker_mb=settings.shm_per_worker_mb

@@ -450,7 +450,7 @@ class Settings:
     collective_timeout_s: float = _setting(
         "float",
         "300",
-        "How long a collective may wait for another machine before every machine stops.",
+        "How long a collective may wait for another process (on this or another machine) before all stop.",
         "cluster",
         minimum=10,
         maximum=86_400,

@@ -113,3 +113,31 @@ def check_gpu(facts: GpuFacts, *, require: bool, mixed_precision: str = "no") ->
         status, problem, fix = verdict
         return CheckResult("gpu", status, f"{message}: {problem}", fix)
     return CheckResult("gpu", OK, message)
+
+
+def check_processes(processes: int, gpus: int, trainer_mode: str) -> CheckResult | None:
+    """TRAIN_PROCESSES against the GPUs this container sees; None for the usual one process per GPU."""
+    if gpus and processes > gpus:
+        return CheckResult(
+            "processes",
+            FAIL,
+            f"TRAIN_PROCESSES={processes} but {gpus} GPU(s) are visible: process {gpus} and up would find no GPU",
+            f"set TRAIN_PROCESSES to {gpus} or fewer (empty: one per visible GPU), or pass more GPUs to the "
+            "container (NVIDIA_VISIBLE_DEVICES, compose.gpu-ids.yaml)",
+        )
+    if gpus or processes == 1:
+        return None
+    if trainer_mode == "stock":
+        return CheckResult(
+            "processes",
+            FAIL,
+            f"TRAIN_PROCESSES={processes} without a GPU: F5-TTS's own trainer (TRAINER_MODE=stock) trains "
+            "several processes only on GPUs",
+            "set TRAIN_PROCESSES=1, or use TRAINER_MODE=safe (several processes on the CPU, over Gloo)",
+        )
+    return CheckResult(
+        "processes",
+        OK,
+        f"{processes} training processes on the CPU, one process group over Gloo (each trains on its share "
+        "of the batches; the gradients are averaged)",
+    )

@@ -133,6 +133,21 @@ def test_require_gpu_without_gpu_exits_3_naming_the_fix(workspace: Path) -> None
     assert "REQUIRE_GPU=true" in done.stdout and "NVIDIA Container Toolkit" in done.stdout
 
 
+def test_several_stock_processes_without_a_gpu_exit_3_naming_the_fix(workspace: Path) -> None:
+    env = {
+        "TRAIN_PROCESSES": "2",
+        "TRAINER_MODE": "stock",
+        "MODEL_PRESET": "F5TTS_v1_Base",
+        "PATH": "/usr/bin:/bin",
+    }
+    done = preflight(workspace, "check", *env_args(workspace), env=env)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "TRAIN_PROCESSES=2 without a GPU" in done.stdout and "TRAINER_MODE=safe" in done.stdout
+    safe = preflight(workspace, "check", "--json", *env_args(workspace), env={**env, "TRAINER_MODE": "safe"})
+    processes = [c for c in json.loads(safe.stdout)["checks"] if c["name"] == "processes"]
+    assert [c["status"] for c in processes] == ["ok"], safe.stdout[-2000:]
+
+
 def test_no_checkpoint_without_scratch_exits_3(workspace: Path) -> None:
     done = preflight(workspace, "check", *env_args(workspace), env={"ALLOW_SCRATCH": "false"})
     assert done.returncode == 3 and "checkpoint" in done.stdout
