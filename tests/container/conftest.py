@@ -11,7 +11,9 @@ cache between test runs under their tags, so a second run rebuilds only what cha
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -43,6 +45,7 @@ CHECKOUT_FILES = (
     ".dockerignore",
     "compose.yaml",
     "compose.cpu.yaml",
+    "compose.multinode.yaml",
     "Makefile",
     ".env.example",
 )
@@ -219,13 +222,13 @@ def copy_checkout(target: Path) -> Path:
     return target
 
 
-@pytest.fixture(scope="session")
-def user_project(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserProject]:
-    """The checkout with a .env selecting compose.yaml + compose.cpu.yaml + the test override, and data
-    folders owned by APP_UID (created first: compose.yaml refuses to create missing host folders)."""
-    root = copy_checkout(tmp_path_factory.mktemp("checkout") / "f5tts")
+def new_user_project(root: Path, base_image: str, **settings: str) -> UserProject:
+    """A checkout in `root` with a .env selecting compose.yaml + compose.cpu.yaml + the test override, and
+    data folders owned by APP_UID (created first: compose.yaml refuses to create missing host folders);
+    `settings` add to or replace the .env's values."""
+    copy_checkout(root)
     (root / "compose.test.yaml").write_text(machine_override(base_image))
-    settings = {
+    values = {
         "COMPOSE_FILE": "compose.yaml:compose.cpu.yaml:compose.test.yaml",
         "TRAIN_IMAGE": FULL_TAG,
         # Host paths, as .env.example has them; compose.yaml mounts them and pins the container's own.
@@ -236,8 +239,9 @@ def user_project(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> I
         "PRETRAINED_DIR": "data/pretrained",
         "APP_UID": str(APP_UID),
         "APP_GID": str(APP_UID),
+        **settings,
     }
-    project = UserProject(root, settings)
+    project = UserProject(root, values)
     for folder in (
         project.output,
         project.backups,
@@ -248,6 +252,13 @@ def user_project(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> I
         folder.mkdir(parents=True)
     subprocess.run(["chown", "-R", f"{APP_UID}:{APP_UID}", str(project.data)], check=True)
     project.write_env()
+    return project
+
+
+@pytest.fixture(scope="session")
+def user_project(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserProject]:
+    """The user's checkout (new_user_project), taken down at the end of the test session."""
+    project = new_user_project(tmp_path_factory.mktemp("checkout") / "f5tts", base_image)
     yield project
     project.compose("down", "--timeout", "10")
 
@@ -405,6 +416,138 @@ def wait_for_file(path: Path, container: str, timeout_s: float = 90) -> None:
         time.sleep(0.2)
 
 
+def free_port_pair() -> int:
+    """A free port whose next port is free too: machine 0's rendezvous and, one above, the preflights'
+    meeting (compose.multinode.yaml). Host networking: the host's ports are the containers' ports."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            if port >= 65000:
+                continue
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise AssertionError("no two free ports in a row")
+
+
 def first_json(text: str) -> dict[str, Any]:
     start = text.index("{")
     return json.JSONDecoder().raw_decode(text[start:])[0]
+
+
+SAVED = re.compile(r"Saved last checkpoint at update (\d+)")
+RESUMED = re.compile(r"Resuming from (\S+) at update (\d+) \(weights fingerprint ([^)]+)\)")
+# compose.yaml's stop_grace_period: Docker sends SIGKILL after it.
+GRACE_PERIOD_S = 180
+# The tiny preset on the CPU, a save every 2 updates and a numbered one every 4, backups every 4, and
+# epochs enough that the run never ends by itself during the test.
+TINY_TRAINING = {
+    "MODEL_PRESET": "tiny",
+    "TOKENIZER": "custom",
+    "ALLOW_SCRATCH": "true",
+    "BATCH_SIZE": "2",
+    "BATCH_SIZE_TYPE": "sample",
+    "LEARNING_RATE": "1e-4",
+    "WARMUP_UPDATES": "2",
+    "EPOCHS": "100000",
+    "LAST_EVERY_UPDATES": "2",
+    "SAVE_EVERY_UPDATES": "4",
+    "KEEP_CHECKPOINTS": "-1",
+    "BACKUP_EVERY_UPDATES": "4",
+    "LOGGER": "none",
+    "DATALOADER_WORKERS": "8",
+    "CHECKPOINT_SIZE_GB": "0.01",
+    "WAIT_TIMEOUT_S": "0",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+}
+CLIPS = 8
+
+
+class TrainService:
+    """The `train` service's container as `docker compose` and `docker` show it."""
+
+    def __init__(self, project: UserProject) -> None:
+        self.project = project
+
+    def container(self) -> str:
+        ids = self.project.compose("ps", "--all", "--quiet", "train").stdout.split()
+        assert len(ids) == 1, ids
+        return ids[0]
+
+    def inspect(self) -> dict[str, Any]:
+        return json.loads(docker("inspect", self.container()).stdout)[0]
+
+    def logs(self) -> str:
+        done = docker("logs", self.container(), check=False)
+        return done.stdout + done.stderr
+
+    def saved(self) -> list[int]:
+        return [int(update) for update in SAVED.findall(self.logs())]
+
+    def resumed(self) -> list[tuple[str, int]]:
+        return [(found[1], int(found[2])) for found in RESUMED.finditer(self.logs())]
+
+    def tail(self) -> str:
+        return self.logs()[-4000:]
+
+    def wait_for_saves(self, count: int, timeout_s: float = 300) -> list[int]:
+        wait_until(
+            lambda: len(self.saved()) >= count, f"{count} saves of model_last.pt", timeout_s, self.tail
+        )
+        return self.saved()
+
+    def wait_for_resumes(self, count: int, timeout_s: float = 300) -> tuple[str, int]:
+        wait_until(lambda: len(self.resumed()) >= count, f"resume number {count}", timeout_s, self.tail)
+        return self.resumed()[count - 1]
+
+    def stop(self) -> float:
+        started = time.monotonic()
+        done = self.project.compose("stop", "train", timeout=GRACE_PERIOD_S + 60)
+        elapsed = time.monotonic() - started
+        assert done.returncode == 0, done.stderr
+        state = self.inspect()["State"]
+        assert state["ExitCode"] == 0, (state, self.tail())
+        return elapsed
+
+    def up(self) -> None:
+        done = self.project.compose("up", "--detach", "train")
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def readme_prepare_command() -> str:
+    """The README's `docker run ... prepare_csv_wavs` command, continuation lines joined."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    start = next(
+        i for i, line in enumerate(lines) if line.strip().startswith("docker run") and "dataset" in line
+    )
+    command = []
+    for line in lines[start:]:
+        command.append(line.strip().removesuffix("\\").strip())
+        if not line.rstrip().endswith("\\"):
+            break
+    text = " ".join(command)
+    assert "prepare_csv_wavs" in text, text
+    return text
+
+
+def prepare_dataset(project: UserProject, image: str, clips: int = CLIPS) -> None:
+    """Synthetic wavs and a metadata.csv naming them by their container path, then the README's command."""
+    from tools.demo import write_synthetic_wavs
+
+    metadata = write_synthetic_wavs(project.dataset, clips=clips)
+    host_prefix = str(project.dataset.resolve())
+    metadata.write_text(metadata.read_text().replace(host_prefix, "/workspace/data/dataset"))
+    subprocess.run(["chown", "-R", f"{APP_UID}:{APP_UID}", str(project.dataset)], check=True)
+    # The README names the default image tag; the tests build theirs under a tag of their own.
+    command = readme_prepare_command().replace("f5tts-train:local", image)
+    done = subprocess.run(
+        ["bash", "-c", command], cwd=project.root, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for name in ("raw.arrow", "duration.json", "vocab.txt"):
+        assert (project.dataset / name).is_file(), name

@@ -15,141 +15,28 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.container.conftest import (
     APP_UID,
     FULL_TAG,
-    ROOT,
+    GRACE_PERIOD_S,
+    TINY_TRAINING,
     BuildFacts,
+    TrainService,
     UserProject,
-    docker,
-    wait_until,
+    prepare_dataset,
 )
 
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.trainer]
 
-SAVED = re.compile(r"Saved last checkpoint at update (\d+)")
-RESUMED = re.compile(r"Resuming from (\S+) at update (\d+) \(weights fingerprint [^)]+\)")
 CONTAINER_OUTPUT = "/workspace/data/output"
 CONTAINER_BACKUPS = "/workspace/data/backups"
-# compose.yaml's stop_grace_period: Docker sends SIGKILL after it.
-GRACE_PERIOD_S = 180
-# The tiny preset on the CPU, a save every 2 updates and a numbered one every 4, backups every 4, and
-# epochs enough that the run never ends by itself during the test.
-TINY_TRAINING = {
-    "MODEL_PRESET": "tiny",
-    "TOKENIZER": "custom",
-    "ALLOW_SCRATCH": "true",
-    "BATCH_SIZE": "2",
-    "BATCH_SIZE_TYPE": "sample",
-    "LEARNING_RATE": "1e-4",
-    "WARMUP_UPDATES": "2",
-    "EPOCHS": "100000",
-    "LAST_EVERY_UPDATES": "2",
-    "SAVE_EVERY_UPDATES": "4",
-    "KEEP_CHECKPOINTS": "-1",
-    "BACKUP_EVERY_UPDATES": "4",
-    "LOGGER": "none",
-    "DATALOADER_WORKERS": "8",
-    "CHECKPOINT_SIZE_GB": "0.01",
-    "WAIT_TIMEOUT_S": "0",
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-}
-CLIPS = 8
-
-
-class TrainService:
-    """The `train` service's container as `docker compose` and `docker` show it."""
-
-    def __init__(self, project: UserProject) -> None:
-        self.project = project
-
-    def container(self) -> str:
-        ids = self.project.compose("ps", "--all", "--quiet", "train").stdout.split()
-        assert len(ids) == 1, ids
-        return ids[0]
-
-    def inspect(self) -> dict[str, Any]:
-        return json.loads(docker("inspect", self.container()).stdout)[0]
-
-    def logs(self) -> str:
-        done = docker("logs", self.container(), check=False)
-        return done.stdout + done.stderr
-
-    def saved(self) -> list[int]:
-        return [int(update) for update in SAVED.findall(self.logs())]
-
-    def resumed(self) -> list[tuple[str, int]]:
-        return [(path, int(update)) for path, update in RESUMED.findall(self.logs())]
-
-    def tail(self) -> str:
-        return self.logs()[-4000:]
-
-    def wait_for_saves(self, count: int, timeout_s: float = 300) -> list[int]:
-        wait_until(
-            lambda: len(self.saved()) >= count, f"{count} saves of model_last.pt", timeout_s, self.tail
-        )
-        return self.saved()
-
-    def wait_for_resumes(self, count: int, timeout_s: float = 300) -> tuple[str, int]:
-        wait_until(lambda: len(self.resumed()) >= count, f"resume number {count}", timeout_s, self.tail)
-        return self.resumed()[count - 1]
-
-    def stop(self) -> float:
-        started = time.monotonic()
-        done = self.project.compose("stop", "train", timeout=GRACE_PERIOD_S + 60)
-        elapsed = time.monotonic() - started
-        assert done.returncode == 0, done.stderr
-        state = self.inspect()["State"]
-        assert state["ExitCode"] == 0, (state, self.tail())
-        return elapsed
-
-    def up(self) -> None:
-        done = self.project.compose("up", "--detach", "train")
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-
-
-def readme_prepare_command() -> str:
-    """The README's `docker run ... prepare_csv_wavs` command, continuation lines joined."""
-    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
-    start = next(
-        i for i, line in enumerate(lines) if line.strip().startswith("docker run") and "dataset" in line
-    )
-    command = []
-    for line in lines[start:]:
-        command.append(line.strip().removesuffix("\\").strip())
-        if not line.rstrip().endswith("\\"):
-            break
-    text = " ".join(command)
-    assert "prepare_csv_wavs" in text, text
-    return text
-
-
-def prepare_dataset(project: UserProject, image: str) -> None:
-    """Synthetic wavs and a metadata.csv naming them by their container path, then the README's command."""
-    from tools.demo import write_synthetic_wavs
-
-    metadata = write_synthetic_wavs(project.dataset, clips=CLIPS)
-    host_prefix = str(project.dataset.resolve())
-    metadata.write_text(metadata.read_text().replace(host_prefix, "/workspace/data/dataset"))
-    subprocess.run(["chown", "-R", f"{APP_UID}:{APP_UID}", str(project.dataset)], check=True)
-    # The README names the default image tag; the tests build theirs under a tag of their own.
-    command = readme_prepare_command().replace("f5tts-train:local", image)
-    done = subprocess.run(
-        ["bash", "-c", command], cwd=project.root, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    for name in ("raw.arrow", "duration.json", "vocab.txt"):
-        assert (project.dataset / name).is_file(), name
 
 
 def trainer_host_pid(container_pid: int) -> int:
