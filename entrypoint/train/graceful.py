@@ -14,10 +14,11 @@ runtime's stop grace period must exceed this; see docs/trainer.md for figures.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -62,8 +63,29 @@ def install_stop_handlers(signals: Iterable[signal.Signals] = STOP_SIGNALS) -> S
     return stop
 
 
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Hold SIGTERM/SIGINT back from this thread while the data loader forks its workers.
+
+    A worker forked now starts with the signals blocked, so a launcher's stop sent to the whole process
+    group before the worker has left it (`_own_session`) waits in the worker instead of killing it; the
+    worker drops it once it is in its own session. The trainer itself loses nothing: the signal is handled
+    by another thread of the process, or by this one when the block ends.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _own_session(worker_init: Callable[[int], None] | None, worker_id: int) -> None:
     os.setsid()
+    # A stop that reached the process group before setsid was meant for the trainer, which has it too.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    while signal.sigtimedwait(STOP_SIGNALS, 0) is not None:
+        pass
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     if worker_init is not None:
         worker_init(worker_id)
 

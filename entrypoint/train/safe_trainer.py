@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -29,9 +30,10 @@ from entrypoint.errors import EXIT_LAST_NOT_SAVED, EXIT_NON_FINITE, EXIT_OK, Pre
 from entrypoint.train.backups import BackupPolicy
 from entrypoint.train.checkpoint_manager import CheckpointManager
 from entrypoint.train.finite_guard import FiniteGuard, NonFiniteStop, fix_line, state_is_finite
-from entrypoint.train.graceful import StopRequest, shield_workers
+from entrypoint.train.graceful import StopRequest, shield_workers, stop_signals_held
 from entrypoint.train.watchdog import Watchdog
 
+_NO_BATCH = object()  # an epoch without a single batch
 _F5_LOGGER_LINE = "Using logger:"  # F5-TTS names only its own logger; ours is reported instead
 
 
@@ -70,11 +72,13 @@ class StoppableLoader:
         if limit is not None and limit <= 0:
             self._end_epoch_early()  # another rank has no batch at all this epoch
             return
-        batches = iter(self.inner)
+        with stop_signals_held():  # workers are forked here (by iter(), or by a wrapper's first batch)
+            batches = iter(self.inner)
+            first = next(batches, _NO_BATCH)
         count = 0
         cut_short = False
         try:
-            for batch in batches:
+            for batch in itertools.chain(() if first is _NO_BATCH else (first,), batches):
                 count += 1
                 yield batch
                 if self._trainer.accelerator.sync_gradients:
