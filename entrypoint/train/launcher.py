@@ -80,16 +80,25 @@ def failure_code(exitcode: int) -> int:
 
 
 def failure_line(rank: int, exitcode: int, code: int) -> str:
-    if exitcode < 0:
+    if exitcode >= 0:
+        how, why = f"exited with code {exitcode}", "its own error line above says why"
+    else:
         try:
             how = f"was killed by {signal.Signals(-exitcode).name}"
         except ValueError:
             how = f"was killed by signal {-exitcode}"
-    else:
-        how = f"exited with code {exitcode}"
+        if -exitcode == signal.SIGABRT:
+            # TORCH_NCCL_ASYNC_ERROR_HANDLING=1 (entrypoint.machines): NCCL's watchdog takes the process down
+            # when a collective times out, before Python could say which machine is lost.
+            why = (
+                "NCCL ends a process this way when a collective times out: another machine may have stopped "
+                "answering within COLLECTIVE_TIMEOUT_S"
+            )
+        else:
+            why = "a signal from outside, or the out-of-memory killer (see dmesg)"
     return (
         f"error: the trainer process of global rank {rank} {how}; every process of this machine has stopped "
-        f"(exit {code}; its own error line above says why)"
+        f"(exit {code}; {why})"
     )
 
 

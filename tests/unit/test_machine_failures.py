@@ -57,6 +57,7 @@ def test_the_launcher_exits_with_the_trainers_code_and_a_signal_as_128_plus_it()
     assert failure_code(-9) == 137 and failure_code(0) == 1
     assert failure_line(1, 3, 3).startswith("error: the trainer process of global rank 1 exited with code 3")
     assert "was killed by SIGKILL" in failure_line(0, -9, 137)
+    assert "another machine may have stopped answering" in failure_line(0, -6, 134)  # NCCL's timeout
 
 
 def test_a_stall_over_several_machines_names_a_lost_machine_as_a_cause() -> None:
