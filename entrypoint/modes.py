@@ -36,6 +36,9 @@ STOCK_CLI_WORKERS = 16  # f5-tts_finetune-cli never passes num_workers, so Train
 STOCK_SCRIPT = "f5-tts_finetune-cli"
 STOCK_MODULE = "f5_tts.train.finetune_cli"
 SAFE_MODULE = "entrypoint.train"
+MACHINES_LAUNCHER_MODULE = "entrypoint.train.launcher"
+EXIT_WAIT_OPTION = "--exit-wait-s"  # entrypoint.train.launcher's own option, before Accelerate's
+EXIT_WAIT_MAX_S = 60.0
 
 
 def _launcher(processes: int, mixed_precision: str, num_machines: int = 1) -> list[str]:
@@ -56,13 +59,18 @@ def _launcher(processes: int, mixed_precision: str, num_machines: int = 1) -> li
 
 
 def machines_launcher(settings: Settings, processes: int) -> list[str]:
-    """`accelerate launch` across NUM_MACHINES machines with `processes` on each: torchrun's static rendezvous
+    """Accelerate's launch across NUM_MACHINES machines with `processes` on each: torchrun's static rendezvous
     at MAIN_PROCESS_IP:MAIN_PROCESS_PORT, no restarts inside the container (its restart policy restarts the
     whole node, preflight included). --multi_gpu is Accelerate's name for "several processes": on machines
-    without a GPU the processes train on the CPU over Gloo."""
+    without a GPU the processes train on the CPU over Gloo. It runs through `entrypoint.train.launcher`, which
+    bounds torchrun's exit barrier (exit_wait_s) and exits with the trainer's own code."""
     launcher = _launcher(processes * settings.num_machines, settings.mixed_precision, settings.num_machines)
     return [
-        *launcher[:2],
+        sys.executable,
+        "-m",
+        MACHINES_LAUNCHER_MODULE,
+        EXIT_WAIT_OPTION,
+        f"{exit_wait_s(settings):g}",
         "--multi_gpu",
         *launcher[2:],
         "--machine_rank",
@@ -85,6 +93,14 @@ def processes_launcher(settings: Settings, processes: int) -> list[str]:
     machine (other OUTPUT_DIRs) do not meet on Accelerate's fixed default port."""
     launcher = _launcher(processes, settings.mixed_precision)
     return [*launcher[:2], "--multi_gpu", *launcher[2:], "--main_process_port", "0"]
+
+
+def exit_wait_s(settings: Settings) -> float:
+    """How long a machine whose trainer ended well waits for the other machines' launchers (torchrun's exit
+    barrier, 300 s in torch): they have only their own exit left, as every trainer ends at the same update and
+    only machine 0 saves. A machine later than COLLECTIVE_TIMEOUT_S would have been given up by a collective
+    anyway; and never more than EXIT_WAIT_MAX_S."""
+    return min(settings.collective_timeout_s, EXIT_WAIT_MAX_S)
 
 
 class SafeMode:

@@ -10,6 +10,7 @@ it from changing), which spares a broadcast of the whole state through GPU memor
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +28,11 @@ _PEER_FAILURE_WORDS = (
     "nccl communicator was aborted",
     "socket",
 )
+# Gloo's words for a pair it closed itself after a collective timed out: no "gloo" in them.
+_PEER_FAILURE_PHRASES = ("application timeout caused pair closure",)
+_TIMEOUT_WORDS = ("timed out", "timeout")
+# "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:547] ": where in Gloo's source, noise to a user.
+_SOURCE_LOCATION = re.compile(r"^\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*")
 
 
 def launched_processes(environ: Mapping[str, str]) -> int:
@@ -78,7 +84,23 @@ def is_peer_failure(error: BaseException) -> bool:
     if names & {"DistBackendError", "DistNetworkError", "DistStoreError"}:
         return True
     text = " ".join(str(item).lower() for item in _chain(error))
+    if any(phrase in text for phrase in _PEER_FAILURE_PHRASES):
+        return True
     return ("gloo" in text or "nccl" in text) and any(word in text for word in _PEER_FAILURE_WORDS)
+
+
+def describe_peer_failure(error: BaseException, timeout_s: float) -> tuple[str, bool]:
+    """(what happened, in a few words; whether this machine waited COLLECTIVE_TIMEOUT_S in vain) for an error
+    that is_peer_failure accepted. A machine that hangs (a frozen VM) is only seen by the timeout; one that
+    died closes its connections at once."""
+    first = (
+        next((line.strip() for line in str(error).splitlines() if line.strip()), "") or type(error).__name__
+    )
+    first = _SOURCE_LOCATION.sub("", first)[:200]
+    text = " ".join(str(item).lower() for item in _chain(error))
+    if any(word in text for word in _TIMEOUT_WORDS):
+        return f"no answer within COLLECTIVE_TIMEOUT_S={timeout_s:g} s ({first})", True
+    return first, False
 
 
 def _chain(error: BaseException) -> list[BaseException]:

@@ -215,15 +215,20 @@ def run(handoff: Handoff) -> int:
     try:
         return trainer.train(dataset, num_workers=handoff.workers, resumable_with_seed=handoff.training.seed)
     except Exception as error:
-        from entrypoint.train.distributed import is_peer_failure
+        from entrypoint.train.distributed import describe_peer_failure, is_peer_failure
 
         if launched_processes(os.environ) == 1 or not is_peer_failure(error):
             raise
+        what, timed_out = describe_peer_failure(error, handoff.collective_timeout_s)
+        fix = (
+            "every machine stops; restart them all (the restart policy does) and they resume from machine 0's "
+            "newest valid checkpoint"
+        )
+        if timed_out:
+            fix += "; if that machine was only slow, not stopped, raise COLLECTIVE_TIMEOUT_S"
         raise CheckFailed(
-            f"lost another machine of the {handoff.num_machines} (machine {handoff.machine_rank} here): "
-            f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__}",
-            "every machine stops; restart them all (the restart policy does) and they resume from machine "
-            "0's newest valid checkpoint",
+            f"lost another machine of the {handoff.num_machines} (machine {handoff.machine_rank} here): {what}",
+            fix,
         ) from None
 
 

@@ -159,6 +159,8 @@ class SafeTrainer(Trainer):
         self.update_count = 0
         self.exit_code = EXIT_OK
         self.watchdog = watchdog
+        if watchdog is not None:
+            watchdog.machines = machines
         self.finite_guard = finite_guard or FiniteGuard(limit=0)
         self.non_finite: NonFiniteStop | None = None
         self.weights_non_finite = False

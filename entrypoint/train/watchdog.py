@@ -52,6 +52,7 @@ class Stall:
     silent_s: float  # seconds since the last heartbeat
     timeout_s: float
     reason: str  # "no update" or what else detected it (a DataLoader timeout)
+    machines: int = 1  # NUM_MACHINES of the training: above 1, a lost machine is a likely cause
 
 
 class Watchdog:
@@ -88,6 +89,7 @@ class Watchdog:
         self._heartbeat_written = 0.0
         self._armed_at = 0.0
         self._rearm_after_s = 0.0
+        self.machines = 1  # set by the trainer; named in the stall line
 
     # --- called by the training loop ------------------------------------------------------------------
     def beat(self, update: int) -> None:
@@ -189,6 +191,7 @@ class Watchdog:
             silent_s=time.monotonic() - self.last_beat,
             timeout_s=self.timeout_s(),
             reason=reason,
+            machines=self.machines,
         )
         try:
             report_stall(stall)
@@ -219,13 +222,7 @@ class Watchdog:
 
 def report_stall(stall: Stall) -> None:
     """The stall line, every thread's stack and the GPU state, to stderr (and so to training.log)."""
-    print(
-        f"\nSTALL: {stall.reason} for {stall.silent_s:.0f} s (timeout {stall.timeout_s:g} s) in phase "
-        f"{stall.phase}, after update {stall.update}; the stacks of every thread and the GPU state follow. "
-        f"Exiting with {EXIT_STALLED}: the restart policy resumes from the last save.",
-        file=sys.stderr,
-        flush=True,
-    )
+    print(stall_line(stall), file=sys.stderr, flush=True)
     with contextlib.suppress(Exception):
         faulthandler.dump_traceback(file=_stderr_file(), all_threads=True)
     smi = shutil.which("nvidia-smi")
@@ -246,6 +243,20 @@ def report_stall(stall: Stall) -> None:
         )
     except OSError as error:
         print(f"nvidia-smi could not run: {error}", file=sys.stderr, flush=True)
+
+
+def stall_line(stall: Stall) -> str:
+    # Over several machines the watchdog can fire before COLLECTIVE_TIMEOUT_S names a machine that hangs.
+    machines = (
+        f" (one of {stall.machines} machines: one that stops answering stalls the others the same way)"
+        if stall.machines > 1
+        else ""
+    )
+    return (
+        f"\nSTALL: {stall.reason} for {stall.silent_s:.0f} s (timeout {stall.timeout_s:g} s) in phase "
+        f"{stall.phase}, after update {stall.update}{machines}; the stacks of every thread and the GPU state "
+        f"follow. Exiting with {EXIT_STALLED}: the restart policy resumes from the last save."
+    )
 
 
 def end_workers() -> None:
