@@ -39,6 +39,11 @@ SAFE_MODULE = "entrypoint.train"
 MACHINES_LAUNCHER_MODULE = "entrypoint.train.launcher"
 EXIT_WAIT_OPTION = "--exit-wait-s"  # entrypoint.train.launcher's own option, before Accelerate's
 EXIT_WAIT_MAX_S = 60.0
+STOP_WAIT_OPTION = "--stop-wait-s"
+# After a stop signal, how long the launcher lets its trainers finish their final save before it kills them
+# (torch's own is 30 s, short for a 5 GB save on a slow disk): under compose.yaml's stop_grace_period (180 s),
+# so the launcher, not Docker's SIGKILL, ends the container.
+STOP_WAIT_S = 170.0
 
 
 def _launcher(processes: int, mixed_precision: str, num_machines: int = 1) -> list[str]:
@@ -66,11 +71,7 @@ def machines_launcher(settings: Settings, processes: int) -> list[str]:
     bounds torchrun's exit barrier (exit_wait_s) and exits with the trainer's own code."""
     launcher = _launcher(processes * settings.num_machines, settings.mixed_precision, settings.num_machines)
     return [
-        sys.executable,
-        "-m",
-        MACHINES_LAUNCHER_MODULE,
-        EXIT_WAIT_OPTION,
-        f"{exit_wait_s(settings):g}",
+        *_our_launcher(exit_wait_s(settings)),
         "--multi_gpu",
         *launcher[2:],
         "--machine_rank",
@@ -92,7 +93,21 @@ def processes_launcher(settings: Settings, processes: int) -> list[str]:
     while the plan counts `processes`. Port 0: a free port for the rendezvous, so two trainers on one
     machine (other OUTPUT_DIRs) do not meet on Accelerate's fixed default port."""
     launcher = _launcher(processes, settings.mixed_precision)
-    return [*launcher[:2], "--multi_gpu", *launcher[2:], "--main_process_port", "0"]
+    return [*_our_launcher(EXIT_WAIT_MAX_S), "--multi_gpu", *launcher[2:], "--main_process_port", "0"]
+
+
+def _our_launcher(exit_wait: float) -> list[str]:
+    """Accelerate's launch run by entrypoint.train.launcher: bounded exit barrier, a stop save given
+    STOP_WAIT_S, and the trainer's own exit code in one line instead of a traceback."""
+    return [
+        sys.executable,
+        "-m",
+        MACHINES_LAUNCHER_MODULE,
+        EXIT_WAIT_OPTION,
+        f"{exit_wait:g}",
+        STOP_WAIT_OPTION,
+        f"{STOP_WAIT_S:g}",
+    ]
 
 
 def exit_wait_s(settings: Settings) -> float:

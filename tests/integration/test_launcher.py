@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.modes import EXIT_WAIT_OPTION, MACHINES_LAUNCHER_MODULE
+from entrypoint.modes import EXIT_WAIT_OPTION, MACHINES_LAUNCHER_MODULE, STOP_WAIT_OPTION
 from tests.e2e.test_machines import _free_port
 
 pytest.importorskip("accelerate")
@@ -111,3 +112,55 @@ def test_when_every_trainer_succeeds_no_machine_waits_out_the_bound(tmp_path: Pa
         assert code == 0, out
         assert "did not all end" not in out and "Traceback" not in out, out
     assert abs(ended[0][2] - ended[1][2]) < EXIT_WAIT_S
+
+
+STUBBORN_WORKER = """\
+import os, signal
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a final save that outlasts any grace
+print(f"worker {os.environ['RANK']} pid {os.getpid()} ready", flush=True)
+while True:
+    signal.pause()
+"""
+STOP_WAIT_S = 3
+
+
+def test_after_a_stop_signal_the_trainers_get_the_stop_wait_not_torchs_30_s(tmp_path: Path) -> None:
+    worker = tmp_path / "stubborn.py"
+    worker.write_text(STUBBORN_WORKER, encoding="utf-8")
+    argv = [
+        sys.executable, "-m", MACHINES_LAUNCHER_MODULE, EXIT_WAIT_OPTION, "5", STOP_WAIT_OPTION, str(STOP_WAIT_S),
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", "0",
+        "--mixed_precision", "no", "--dynamo_backend", "no", str(worker),
+    ]  # fmt: skip
+    launcher = subprocess.Popen(
+        argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert launcher.stdout is not None
+        pids = []
+        for line in launcher.stdout:
+            if line.startswith("worker ") and line.rstrip().endswith(" ready"):
+                pids.append(int(line.split()[3]))
+                if len(pids) == 2:
+                    break
+        assert len(pids) == 2, "the workers never started"
+        signalled = time.monotonic()
+        launcher.send_signal(signal.SIGTERM)  # `docker stop`
+        launcher.communicate(timeout=STOP_WAIT_S + MARGIN_S)
+        took = time.monotonic() - signalled
+    finally:
+        launcher.kill()
+        launcher.wait()
+    # It waited for the trainers (their save), then ended them: well before torch's own 30 s.
+    assert STOP_WAIT_S - 0.5 <= took < 25, took
+    for pid in pids:
+        assert not _alive(pid), f"worker {pid} outlived its launcher"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

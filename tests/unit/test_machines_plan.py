@@ -28,7 +28,9 @@ def test_two_machines_launch_with_a_static_rendezvous() -> None:
     argv = SafeMode().argv(load_settings({**TWO, "COLLECTIVE_TIMEOUT_S": "20"}).settings, 1)
     joined = " ".join(argv)
     # Accelerate's launch, through the launcher that bounds torchrun's exit barrier and keeps exit codes.
-    assert argv[:5] == [sys.executable, "-m", "entrypoint.train.launcher", "--exit-wait-s", "20"]
+    assert argv[:7] == [
+        sys.executable, "-m", "entrypoint.train.launcher", "--exit-wait-s", "20", "--stop-wait-s", "170"
+    ]  # fmt: skip
     assert "--multi_gpu --num_processes 2 --num_machines 2" in joined  # total processes over both machines
     assert "--machine_rank 1 --main_process_ip 10.0.0.1 --main_process_port 29600" in joined
     assert "--rdzv_backend static --max_restarts 0" in joined
@@ -38,7 +40,7 @@ def test_two_machines_launch_with_a_static_rendezvous() -> None:
 def test_the_launch_options_are_accelerates_own() -> None:
     launch = pytest.importorskip("accelerate.commands.launch")
     argv = SafeMode().argv(load_settings(TWO).settings, 2)
-    parsed = launch.launch_command_parser().parse_args(argv[5:])
+    parsed = launch.launch_command_parser().parse_args(argv[7:])
     assert parsed.multi_gpu and parsed.num_processes == 4 and parsed.num_machines == 2
     assert (parsed.machine_rank, parsed.main_process_ip, parsed.main_process_port) == (1, "10.0.0.1", 29600)
     assert (parsed.rdzv_backend, parsed.max_restarts, parsed.module) == ("static", 0, True)
