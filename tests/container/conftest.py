@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -414,24 +413,6 @@ def wait_for_file(path: Path, container: str, timeout_s: float = 90) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"{path.name} did not appear within {timeout_s:.0f} s")
         time.sleep(0.2)
-
-
-def free_port_pair() -> int:
-    """A free port whose next port is free too: machine 0's rendezvous and, one above, the preflights'
-    meeting (compose.multinode.yaml). Host networking: the host's ports are the containers' ports."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = int(first.getsockname()[1])
-            if port >= 65000:
-                continue
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise AssertionError("no two free ports in a row")
 
 
 def first_json(text: str) -> dict[str, Any]:

@@ -27,11 +27,11 @@ from tests.container.conftest import (
     TrainService,
     UserProject,
     docker,
-    free_port_pair,
     new_user_project,
     prepare_dataset,
     wait_until,
 )
+from tests.machines import free_port_pair
 
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.trainer]
 

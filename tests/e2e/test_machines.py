@@ -7,7 +7,6 @@ import contextlib
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from entrypoint.checkpoints.validate import validate_file
 from entrypoint.errors import EXIT_CHECK_FAILED
 from entrypoint.naming import lock_name
+from tests.machines import finish_node, free_port_pair, node_settings, start_node
 from tests.trainer_data import (
     RESUMED,
     SAVED_LAST,
@@ -24,7 +24,6 @@ from tests.trainer_data import (
     load_checkpoint,
     run_training,
     tiny_settings,
-    training_command,
     wait_for_line,
     write_settings,
 )
@@ -37,54 +36,6 @@ LAUNCHER_LINE = "error: the trainer process of global rank {rank} exited with co
 # torchrun's agent hosts nothing machine 0 needs after its trainer ended; what is left is the interpreter's exit
 # on a busy 2-core machine.
 EXIT_MARGIN_S = 30
-
-
-def _free_port() -> int:
-    # Two free ports in a row: the rendezvous and, one above, the preflights' meeting.
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = int(first.getsockname()[1])
-            if port >= 65000:
-                continue
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise AssertionError("no two free ports in a row")
-
-
-def _node(
-    root: Path, dataset: Path, rank: int, port: int, **overrides: object
-) -> tuple[dict[str, str], Path]:
-    machine = {
-        "num_machines": 2,
-        "machine_rank": rank,
-        "main_process_ip": "127.0.0.1",
-        "main_process_port": port,
-        "train_processes": 1,
-        "mixed_precision": "no",
-        "wait_timeout_s": 60,
-        "collective_timeout_s": 30,
-    }
-    values = tiny_settings(dataset, root, **{**machine, **overrides})
-    root.mkdir(parents=True, exist_ok=True)
-    return values, write_settings(root, values)
-
-
-def _start(env_file: Path, log: Path) -> subprocess.Popen[str]:
-    argv, env = training_command(env_file)
-    stderr = open(log, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True
-    )
-
-
-def _finish(process: subprocess.Popen[str], timeout: float = 240) -> tuple[int, str]:
-    out, _ = process.communicate(timeout=timeout)
-    return process.returncode, out
 
 
 def _signal_machine(process: subprocess.Popen[str], signum: int) -> int:
@@ -128,18 +79,18 @@ def test_both_machines_resume_from_machine_0s_checkpoint(dataset: Path, tmp_path
     saved = load_checkpoint(Path(first_values["OUTPUT_DIR"]) / "model_last.pt")
     assert saved["update"] == 2
 
-    port = _free_port()
-    values0, env0 = _node(tmp_path / "node0", dataset, 0, port, max_updates=4, allow_scratch="false")
-    values1, env1 = _node(tmp_path / "node1", dataset, 1, port, max_updates=4, allow_scratch="false")
+    port = free_port_pair()
+    values0, env0 = node_settings(tmp_path / "node0", dataset, 0, port, max_updates=4, allow_scratch="false")
+    values1, env1 = node_settings(tmp_path / "node1", dataset, 1, port, max_updates=4, allow_scratch="false")
     output1 = Path(values1["OUTPUT_DIR"])
     output1.mkdir(parents=True)
     damaged = output1 / "model_last.pt"
     damaged.write_bytes(b"PK\x03\x04 not a whole checkpoint" * 10)
 
-    node1 = _start(env1, tmp_path / "node1.err")
-    node0 = _start(env0, tmp_path / "node0.err")
-    code0, out0 = _finish(node0)
-    code1, out1 = _finish(node1)
+    node1 = start_node(env1, tmp_path / "node1.err")
+    node0 = start_node(env0, tmp_path / "node0.err")
+    code0, out0 = finish_node(node0)
+    code1, out1 = finish_node(node1)
     both = f"--- node 0\n{out0[-3000:]}\n--- node 1\n{out1[-3000:]}"
     assert (code0, code1) == (0, 0), both + (tmp_path / "node0.err").read_text()[-2000:]
     assert "all 2 machines agree" in out0 and "all 2 machines agree" in out1, both
@@ -163,13 +114,13 @@ def test_a_different_vocabulary_stops_both_machines(dataset: Path, tmp_path: Pat
     shutil.copytree(dataset, other)
     with open(other / "vocab.txt", "a", encoding="utf-8") as vocab:
         vocab.write("\u00e6\n")
-    port = _free_port()
-    _, env0 = _node(tmp_path / "node0", dataset, 0, port)
-    _, env1 = _node(tmp_path / "node1", other, 1, port)
-    node0 = _start(env0, tmp_path / "node0.err")
-    node1 = _start(env1, tmp_path / "node1.err")
-    code0, out0 = _finish(node0, 120)
-    code1, out1 = _finish(node1, 120)
+    port = free_port_pair()
+    _, env0 = node_settings(tmp_path / "node0", dataset, 0, port)
+    _, env1 = node_settings(tmp_path / "node1", other, 1, port)
+    node0 = start_node(env0, tmp_path / "node0.err")
+    node1 = start_node(env1, tmp_path / "node1.err")
+    code0, out0 = finish_node(node0, 120)
+    code1, out1 = finish_node(node1, 120)
     for code, out, err in ((code0, out0, "node0.err"), (code1, out1, "node1.err")):
         text = out + (tmp_path / err).read_text()
         assert code == 3, text[-3000:]
@@ -178,10 +129,10 @@ def test_a_different_vocabulary_stops_both_machines(dataset: Path, tmp_path: Pat
 
 
 def test_an_unreachable_machine_0_is_one_line_with_its_address(dataset: Path, tmp_path: Path) -> None:
-    port = _free_port()
-    _, env1 = _node(tmp_path / "node1", dataset, 1, port, wait_timeout_s=2)
+    port = free_port_pair()
+    _, env1 = node_settings(tmp_path / "node1", dataset, 1, port, wait_timeout_s=2)
     started = time.monotonic()
-    code, out = _finish(_start(env1, tmp_path / "node1.err"), 60)
+    code, out = finish_node(start_node(env1, tmp_path / "node1.err"), 60)
     text = out + (tmp_path / "node1.err").read_text()
     assert code == 3, text[-3000:]
     assert f"127.0.0.1:{port + 1} could not be reached within 2 s" in text
@@ -194,11 +145,11 @@ def test_sigterm_on_machine_1_saves_on_machine_0_and_a_dead_machine_stops_the_ot
 ) -> None:
     timeout = 15  # COLLECTIVE_TIMEOUT_S, and so machine 0's exit wait (modes.exit_wait_s)
     many = {"max_updates": 100000, "last_every_updates": 2, "epochs": 100000, "collective_timeout_s": timeout}
-    port = _free_port()
-    values0, env0 = _node(tmp_path / "node0", dataset, 0, port, **many)
-    values1, env1 = _node(tmp_path / "node1", dataset, 1, port, **many)
-    node0 = _start(env0, tmp_path / "node0.err")
-    node1 = _start(env1, tmp_path / "node1.err")
+    port = free_port_pair()
+    values0, env0 = node_settings(tmp_path / "node0", dataset, 0, port, **many)
+    values1, env1 = node_settings(tmp_path / "node1", dataset, 1, port, **many)
+    node0 = start_node(env0, tmp_path / "node0.err")
+    node1 = start_node(env1, tmp_path / "node1.err")
     seen0: list[str] = []
     wait_for_line(node0, SAVED_LAST, seen0)  # training is under way on both machines
     signalled = time.monotonic()
@@ -210,7 +161,7 @@ def test_sigterm_on_machine_1_saves_on_machine_0_and_a_dead_machine_stops_the_ot
     assert not (Path(values1["OUTPUT_DIR"]) / "model_last.pt").exists()
     # Machine 0's trainer has ended with its save; its launcher waits for machine 1's launcher, which left on
     # the signal, only COLLECTIVE_TIMEOUT_S (torch's own exit barrier: 300 s), then exits 0 by itself.
-    code0, out0 = _finish(node0, timeout + EXIT_MARGIN_S + 60)
+    code0, out0 = finish_node(node0, timeout + EXIT_MARGIN_S + 60)
     took = time.monotonic() - signalled
     text = _text(seen0, out0, tmp_path / "node0.err")
     assert code0 == 0, text[-3000:]
@@ -221,18 +172,18 @@ def test_sigterm_on_machine_1_saves_on_machine_0_and_a_dead_machine_stops_the_ot
 
     # Both started again: they resume from machine 0's save; then machine 1 dies (every process of it killed),
     # and machine 0 stops with one line instead of waiting.
-    port = _free_port()
-    _, env0 = _node(tmp_path / "node0", dataset, 0, port, **many)
-    _, env1 = _node(tmp_path / "node1", dataset, 1, port, **many)
-    node0 = _start(env0, tmp_path / "node0b.err")
-    node1 = _start(env1, tmp_path / "node1b.err")
+    port = free_port_pair()
+    _, env0 = node_settings(tmp_path / "node0", dataset, 0, port, **many)
+    _, env1 = node_settings(tmp_path / "node1", dataset, 1, port, **many)
+    node0 = start_node(env0, tmp_path / "node0b.err")
+    node1 = start_node(env1, tmp_path / "node1b.err")
     seen0 = []
     resumed = wait_for_line(node0, RESUMED, seen0)
     assert int(resumed.group(2)) == update
     wait_for_line(node0, SAVED_LAST, seen0)
     killed = time.monotonic()
     assert _signal_machine(node1, signal.SIGKILL) >= 3  # launcher, copier, trainer (and its worker)
-    code0, out0 = _finish(node0, 120)
+    code0, out0 = finish_node(node0, 120)
     node1.wait()
     text = _text(seen0, out0, tmp_path / "node0b.err")
     assert code0 == EXIT_CHECK_FAILED, text[-3000:]
@@ -249,22 +200,22 @@ def test_a_hung_machine_1_stops_machine_0_within_the_collective_timeout_and_itse
     its model_last.pt intact; machine 1, running again later, finds its peer gone and stops too."""
     timeout = 15
     many = {"max_updates": 100000, "last_every_updates": 2, "epochs": 100000, "collective_timeout_s": timeout}
-    port = _free_port()
-    values0, env0 = _node(tmp_path / "node0", dataset, 0, port, **many)
-    _, env1 = _node(tmp_path / "node1", dataset, 1, port, **many)
-    node0 = _start(env0, tmp_path / "node0.err")
-    node1 = _start(env1, tmp_path / "node1.err")
+    port = free_port_pair()
+    values0, env0 = node_settings(tmp_path / "node0", dataset, 0, port, **many)
+    _, env1 = node_settings(tmp_path / "node1", dataset, 1, port, **many)
+    node0 = start_node(env0, tmp_path / "node0.err")
+    node1 = start_node(env1, tmp_path / "node1.err")
     seen0: list[str] = []
     wait_for_line(node0, SAVED_LAST, seen0)
     try:
         assert _signal_machine(node1, signal.SIGSTOP) >= 3
         frozen = time.monotonic()
-        code0, out0 = _finish(node0, timeout + EXIT_MARGIN_S + 60)
+        code0, out0 = finish_node(node0, timeout + EXIT_MARGIN_S + 60)
         took0 = time.monotonic() - frozen
     finally:
         _signal_machine(node1, signal.SIGCONT)
     running = time.monotonic()
-    code1, out1 = _finish(node1, 120)
+    code1, out1 = finish_node(node1, 120)
     took1 = time.monotonic() - running
     print(
         f"\nSIGSTOP -> machine 0 exit {code0}: {took0:.1f} s; SIGCONT -> machine 1 exit {code1}: {took1:.1f} s"

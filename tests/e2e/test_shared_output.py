@@ -11,7 +11,7 @@ import pytest
 
 from entrypoint.ledger import ledger_path, read_ledger
 from entrypoint.naming import LOCK_NAME, lock_name, log_file_name, state_dir
-from tests.e2e.test_machines import _finish, _free_port, _node, _start
+from tests.machines import finish_node, free_port_pair, node_settings, start_node
 from tests.trainer_data import (
     RESUMED,
     fingerprint,
@@ -37,14 +37,14 @@ def test_machines_sharing_one_output_dir_see_one_checkpoint_and_keep_their_own_r
     saved = load_checkpoint(output / "model_last.pt")
     assert saved["update"] == 2
 
-    port = _free_port()
+    port = free_port_pair()
     same_folders = {"output_dir": output, "log_dir": logs, "backup_dir": shared / "backups"}
-    _, env0 = _node(tmp_path / "node0", dataset, 0, port, max_updates=4, **same_folders)
-    _, env1 = _node(tmp_path / "node1", dataset, 1, port, max_updates=4, **same_folders)
-    node1 = _start(env1, tmp_path / "node1.err")
-    node0 = _start(env0, tmp_path / "node0.err")
-    code0, out0 = _finish(node0)
-    code1, out1 = _finish(node1)
+    _, env0 = node_settings(tmp_path / "node0", dataset, 0, port, max_updates=4, **same_folders)
+    _, env1 = node_settings(tmp_path / "node1", dataset, 1, port, max_updates=4, **same_folders)
+    node1 = start_node(env1, tmp_path / "node1.err")
+    node0 = start_node(env0, tmp_path / "node0.err")
+    code0, out0 = finish_node(node0)
+    code1, out1 = finish_node(node1)
     both = f"--- node 0\n{out0[-3000:]}\n--- node 1\n{out1[-3000:]}"
     assert (code0, code1) == (0, 0), both + (tmp_path / "node1.err").read_text()[-2000:]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from entrypoint.modes import EXIT_WAIT_OPTION, MACHINES_LAUNCHER_MODULE, STOP_WAIT_OPTION
-from tests.e2e.test_machines import _free_port
+from tests.machines import free_port_pair
 
 pytest.importorskip("accelerate")
 pytest.importorskip("torch")
@@ -63,7 +63,7 @@ def _two_machines(tmp_path: Path, exits: dict[int, int]) -> list[tuple[int, str,
     """(exit code, output, seconds from the start of both) of machine 0 and machine 1."""
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER, encoding="utf-8")
-    port = _free_port()
+    port = free_port_pair()
     started = time.monotonic()
     machines = [_launch(worker, rank, port, exits) for rank in (0, 1)]
     ended: dict[int, tuple[int, str, float]] = {}
