@@ -63,8 +63,29 @@ def install_stop_handlers(signals: Iterable[signal.Signals] = STOP_SIGNALS) -> S
     return stop
 
 
+def stop_signals_held(loader: Any) -> contextlib.AbstractContextManager[None]:
+    """Hold SIGTERM/SIGINT back from this thread while `loader` forks its workers, when they are shielded
+    (shield_workers): only a shielded worker unblocks them again; any other would keep them blocked for
+    good and could not be terminated."""
+    if not is_shielded(loader):
+        return contextlib.nullcontext()
+    return _held()
+
+
+def is_shielded(loader: Any) -> bool:
+    init = getattr(_forking_loader(loader), "worker_init_fn", None)
+    return isinstance(init, functools.partial) and init.func is _own_session
+
+
+def _forking_loader(loader: Any) -> Any:
+    """The torch DataLoader that forks the workers: Accelerate's loaders (DataLoaderShard, SkipDataLoader)
+    are adapters around one (`base_dataloader`), and an attribute set on the adapter stays on the adapter."""
+    base = vars(loader).get("base_dataloader") if hasattr(loader, "__dict__") else None
+    return base if base is not None else loader
+
+
 @contextlib.contextmanager
-def stop_signals_held() -> Iterator[None]:
+def _held() -> Iterator[None]:
     """Hold SIGTERM/SIGINT back from this thread while the data loader forks its workers.
 
     A worker forked now starts with the signals blocked, so a launcher's stop sent to the whole process
@@ -95,5 +116,6 @@ def shield_workers(loader: Any) -> None:
     signals the trainer's whole process group (torchrun: killpg), and torch's worker dies on a SIGTERM that
     does not come from its parent: the trainer would lose its data loader in the middle of its final save.
     The trainer's own signals to its workers (shutdown) still reach them, and they end with the trainer."""
-    if getattr(loader, "num_workers", 0) and not isinstance(loader.worker_init_fn, functools.partial):
-        loader.worker_init_fn = functools.partial(_own_session, loader.worker_init_fn)
+    forking = _forking_loader(loader)
+    if getattr(forking, "num_workers", 0) and not is_shielded(forking):
+        forking.worker_init_fn = functools.partial(_own_session, forking.worker_init_fn)

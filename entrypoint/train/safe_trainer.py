@@ -72,7 +72,9 @@ class StoppableLoader:
         if limit is not None and limit <= 0:
             self._end_epoch_early()  # another rank has no batch at all this epoch
             return
-        with stop_signals_held():  # workers are forked here (by iter(), or by a wrapper's first batch)
+        with stop_signals_held(
+            self.inner
+        ):  # workers are forked here (by iter(), or by a wrapper's first batch)
             batches = iter(self.inner)
             first = next(batches, _NO_BATCH)
         count = 0
@@ -209,7 +211,10 @@ class SafeTrainer(Trainer):
 
         def skip_wrapped(dataloader: Any, num_batches: int = 0) -> Any:
             inner = dataloader.inner if isinstance(dataloader, StoppableLoader) else dataloader
-            return StoppableLoader(skip_first_batches(inner, num_batches=num_batches), self)
+            skipping = skip_first_batches(inner, num_batches=num_batches)  # a new loader: new workers
+            if _is_data_loader(skipping):
+                shield_workers(skipping)
+            return StoppableLoader(skipping, self)
 
         accelerator.prepare = prepare_wrapped
         accelerator.skip_first_batches = skip_wrapped

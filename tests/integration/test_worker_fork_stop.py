@@ -63,6 +63,10 @@ SCRIPT = textwrap.dedent(
             pass
 
     loader = DataLoader(list(range(8)), batch_size=2, num_workers=1)
+    if sys.argv[1] == "accelerate":  # what F5-TTS iterates: Accelerate's adapter around a DataLoader
+        from accelerate import Accelerator
+
+        loader = Accelerator(cpu=True).prepare(loader)
     shield_workers(loader)
     batches = list(StoppableLoader(loader, Trainer()))
     print("batches", len(batches), "stop", stop.signal_name, flush=True)
@@ -70,9 +74,10 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_a_stop_sent_while_a_worker_is_forked_stops_the_trainer_not_the_worker() -> None:
+@pytest.mark.parametrize("loader", ["torch", "accelerate"])
+def test_a_stop_sent_while_a_worker_is_forked_stops_the_trainer_not_the_worker(loader: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
+        [sys.executable, "-c", SCRIPT, loader],
         capture_output=True,
         text=True,
         timeout=120,
