@@ -245,15 +245,6 @@ def meet_before_training(settings: Settings, processes: int, mixed_precision: st
 def _storage_line(settings: Settings, main: dict[str, Any]) -> str:
     sharing = main.get("sharing") or []
     if settings.machine_rank == 0:
-        if not sharing:
-            return "machines: every other machine has its own OUTPUT_DIR; machine 0 alone reads and saves checkpoints"
-        names = ", ".join(map(str, sharing))
-        compared = main.get("compared")
-        same = f"; they see {compared} as machine 0 does" if compared else ""
-        return (
-            f"machines: machine(s) {names} share this OUTPUT_DIR (machine 0's marker seen there){same}; "
-            "they copy nothing and write only their own preflight/machine-N records"
-        )
-    seen = main.get("seen") or {}
+        return shared_output.describe_main(sharing, main.get("compared"))
     shared = settings.machine_rank in sharing
-    return shared_output.describe(settings.machine_rank, shared, seen, seen.get("checkpoint"))
+    return shared_output.describe(settings.machine_rank, shared, main.get("seen") or {})

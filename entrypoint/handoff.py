@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from entrypoint import naming
 from entrypoint.errors import ConfigError
 
 SCHEMA_VERSION = 2  # 2: the guards' options (stall, DataLoader timeout, non-finite limit)
@@ -106,6 +107,11 @@ class Handoff:
         data = asdict(self)
         data = {key: (str(value) if isinstance(value, Path) else value) for key, value in data.items()}
         return {"schema": SCHEMA_VERSION, **data}
+
+    @property
+    def state_dir(self) -> Path:
+        """This machine's preflight folder (naming.state_dir): its run ledger and heartbeat."""
+        return naming.state_dir(self.output_dir, self.machine_rank)
 
     def environment(self, path: Path) -> dict[str, str]:
         """The variables the trainer is exec'd with: the document's path plus plain copies of the main facts

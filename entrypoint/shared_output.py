@@ -81,9 +81,21 @@ def compare(rank: int, seen: Any, marker: dict[str, Any]) -> tuple[bool, str | N
     return True, None
 
 
-def describe(rank: int, shared: bool, seen: dict[str, Any], checkpoint: str | None) -> str:
+def describe_main(sharing: list[int], compared: str | None) -> str:
+    """Machine 0's line about the other machines' OUTPUT_DIRs."""
+    if not sharing:
+        return "machines: every other machine has its own OUTPUT_DIR; machine 0 alone reads and saves checkpoints"
+    same = f"; they see {compared} as machine 0 does" if compared else ""
+    return (
+        f"machines: machine(s) {', '.join(map(str, sharing))} share this OUTPUT_DIR (machine 0's marker seen "
+        f"there){same}; they copy nothing and write only their own preflight/machine-N records"
+    )
+
+
+def describe(rank: int, shared: bool, seen: dict[str, Any]) -> str:
     """This machine's line about its OUTPUT_DIR (machines other than 0)."""
     filesystem = seen.get("filesystem", "unknown")
+    checkpoint = seen.get("checkpoint")
     if not shared:
         return (
             f"machines: OUTPUT_DIR on machine {rank} is its own ({filesystem}; machine 0's marker is not in "

@@ -44,6 +44,12 @@ def launched_processes(environ: Mapping[str, str]) -> int:
         return 1
 
 
+def process_group_running() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 def start_process_group(timeout_s: float) -> None:
     """Create the process group (through Accelerate's shared state, which F5-TTS's Accelerator then reuses)
     with COLLECTIVE_TIMEOUT_S instead of torch's default of 30 minutes."""

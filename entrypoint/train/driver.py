@@ -112,9 +112,8 @@ def build_trainer(handoff: Handoff, model: Any, stop: Any) -> Any:
 
 def _ledger(handoff: Handoff) -> Path:
     from entrypoint.ledger import ledger_path
-    from entrypoint.naming import state_dir
 
-    return ledger_path(state_dir(handoff.output_dir, handoff.machine_rank))
+    return ledger_path(handoff.state_dir)
 
 
 def first_on_machine(environ: Mapping[str, str]) -> bool:
@@ -126,12 +125,11 @@ def first_on_machine(environ: Mapping[str, str]) -> bool:
 def build_watchdog(handoff: Handoff) -> Any:
     """The stall watchdog of this process; its heartbeat file is written by the main process only."""
     from entrypoint.ledger import STALLED
-    from entrypoint.naming import state_dir
     from entrypoint.train.watchdog import HEARTBEAT_FILE, Stall, Watchdog
 
     options = handoff.training
     main_process = first_on_machine(os.environ)
-    heartbeat = state_dir(handoff.output_dir, handoff.machine_rank) / HEARTBEAT_FILE
+    heartbeat = handoff.state_dir / HEARTBEAT_FILE
 
     def on_stall(stall: Stall) -> None:
         if main_process:

@@ -29,6 +29,7 @@ from f5_tts.model import Trainer
 from entrypoint.errors import EXIT_LAST_NOT_SAVED, EXIT_NON_FINITE, EXIT_OK, PreflightError
 from entrypoint.train.backups import BackupPolicy
 from entrypoint.train.checkpoint_manager import CheckpointManager
+from entrypoint.train.distributed import process_group_running
 from entrypoint.train.finite_guard import FiniteGuard, NonFiniteStop, fix_line, state_is_finite
 from entrypoint.train.graceful import StopRequest, shield_workers, stop_signals_held
 from entrypoint.train.watchdog import Watchdog
@@ -72,9 +73,8 @@ class StoppableLoader:
         if limit is not None and limit <= 0:
             self._end_epoch_early()  # another rank has no batch at all this epoch
             return
-        with stop_signals_held(
-            self.inner
-        ):  # workers are forked here (by iter(), or by a wrapper's first batch)
+        # The workers are forked here: by iter(), or by an adapter's first batch.
+        with stop_signals_held(self.inner):
             batches = iter(self.inner)
             first = next(batches, _NO_BATCH)
         count = 0
@@ -346,7 +346,7 @@ class SafeTrainer(Trainer):
         """model_last.pt at `update`, durable (see CheckpointManager.ensure_last); every process calls it."""
         # F5-TTS's loop ends with its own last save and then destroys the process group (end_training):
         # after a finished run there is no group left to wait on, and nothing left to wait for.
-        if _process_group_running():
+        if process_group_running():
             self.accelerator.wait_for_everyone()
         if not self.is_main:
             return True
@@ -492,9 +492,3 @@ def _replay_without_logger_line(text: str) -> None:
         if not line.startswith(_F5_LOGGER_LINE):
             sys.stdout.write(line)
     sys.stdout.flush()
-
-
-def _process_group_running() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized()
